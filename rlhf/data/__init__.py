@@ -1,0 +1,1 @@
+"""Datasets: the user formats we accept, their validation, and the canonical format later steps read."""
