@@ -32,7 +32,10 @@ def _load(name: str):
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="rlhf",
+        description="RLHF on Kubeflow Pipelines and Vertex AI: validate data, train a reward model, "
+                    "tune with PPO, evaluate.")
     parser.add_argument("--version", action="version", version=f"rlhf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Only the chosen subcommand's module is imported; the others are listed by name.

@@ -1,0 +1,46 @@
+"""KFP component: validate the datasets before any accelerator is paid for (`rlhf.data.validate`)."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def validate_data(
+    preference_dataset: str,
+    preference_data: Output[Dataset],
+    prompt_data: Output[Dataset],
+    eval_data: Output[Dataset],
+    stats: Output[Artifact],
+    metrics: Output[Metrics],
+    summary: Output[Markdown],
+    summary_html: Output[HTML],
+    prompt_dataset: str = "",
+    eval_dataset: str = "",
+    instruction: str = "",
+    tokenizer: str = "",
+    prompt_sequence_length: int = 512,
+    target_sequence_length: int = 64,
+    max_errors: int = 20,
+):
+    """Check every line of the datasets; write them in the canonical format (an empty file for a
+    dataset not given), the stats JSON, a Markdown/HTML summary and metrics. Invalid data fails the
+    task with each problem as `URI:LINE: message` in the log."""
+    from rlhf import storage
+    from rlhf.data.validate import ValidateConfig, ValidationOutputs, run_validation
+    from rlhf.errors import UserError
+
+    config = ValidateConfig(
+        preference_dataset=preference_dataset, prompt_dataset=prompt_dataset, eval_dataset=eval_dataset,
+        instruction=instruction, tokenizer=tokenizer, prompt_sequence_length=prompt_sequence_length,
+        target_sequence_length=target_sequence_length, max_errors=max_errors)
+    report = run_validation(config, ValidationOutputs(
+        preference=preference_data.path, prompts=prompt_data.path, eval=eval_data.path,
+        stats=stats.path, summary_md=summary.path, summary_html=summary_html.path))
+    print("\n".join(report.warnings.lines()))
+    if not report.ok:
+        raise UserError(report.problem_text())
+    for name, value in report.metrics.items():
+        metrics.log_metric(name, value)
+    storage.write_json(metrics.path, report.metrics)  # a file at .path keeps KFP's cache working

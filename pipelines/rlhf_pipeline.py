@@ -1,0 +1,74 @@
+"""The RLHF pipeline: a drop-in for Google's `rlhf_pipeline` (google-cloud-pipeline-components 2.22).
+
+Same parameter names, types and defaults as Google's, so existing `parameter_values` keep working,
+plus ours (each with a default, so the Vertex console's run form shows it editable). The body is a
+table of contents: each stage is a sub-pipeline in its own module.
+"""
+
+import functools
+from typing import NamedTuple, Optional
+
+from kfp import dsl
+
+from components.deploy import deployment_skipped
+from pipelines.targets import check_target, request_small_machine
+from pipelines.validation import validation_stage
+
+# Google's placeholders: Vertex fills in the project and region the pipeline runs in.
+PROJECT_ID_PLACEHOLDER = "{{$.pipeline_google_cloud_project_id}}"
+LOCATION_PLACEHOLDER = "{{$.pipeline_google_cloud_location}}"
+
+PIPELINE_NAME = "rlhf-train-template"
+
+PipelineOutput = NamedTuple("Outputs", model_resource_name=str, endpoint_resource_name=str)
+
+
+@functools.lru_cache(maxsize=None)
+def build_pipeline(target: str = "vertex"):
+    """The pipeline compiled for `target` (see `pipelines.targets`)."""
+    check_target(target)
+    # Sub-pipelines are built before the pipeline that calls them (kfp builds a graph on decoration).
+    validate_inputs = validation_stage(target)
+
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description=f"Performs reinforcement learning from human feedback (target: {target}).")
+    def rlhf_pipeline(
+        # Google's rlhf_pipeline parameters, in its order, with its defaults.
+        prompt_dataset: str,
+        preference_dataset: str,
+        large_model_reference: str,
+        model_display_name: Optional[str] = None,
+        prompt_sequence_length: int = 512,
+        target_sequence_length: int = 64,
+        reward_model_learning_rate_multiplier: float = 1.0,
+        reinforcement_learning_rate_multiplier: float = 1.0,
+        reward_model_train_steps: int = 1000,
+        reinforcement_learning_train_steps: int = 1000,
+        kl_coeff: float = 0.1,
+        instruction: Optional[str] = None,
+        deploy_model: bool = True,
+        eval_dataset: Optional[str] = None,
+        project: str = PROJECT_ID_PLACEHOLDER,
+        accelerator_type: str = "GPU",
+        location: str = LOCATION_PLACEHOLDER,
+        encryption_spec_key_name: str = "",
+        tensorboard_resource_id: str = "",
+    ) -> PipelineOutput:
+        data = validate_inputs(
+            preference_dataset=preference_dataset,
+            prompt_dataset=prompt_dataset,
+            eval_dataset=eval_dataset,
+            instruction=instruction,
+            large_model_reference=large_model_reference,
+            prompt_sequence_length=prompt_sequence_length,
+            target_sequence_length=target_sequence_length,
+        ).set_display_name("Validate Inputs")
+
+        deployed = request_small_machine(deployment_skipped(), target).set_display_name(
+            "Upload and Deploy Tuned Model").after(data)
+        return PipelineOutput(
+            model_resource_name=deployed.outputs["model_resource_name"],
+            endpoint_resource_name=deployed.outputs["endpoint_resource_name"],
+        )
+
+    return rlhf_pipeline

@@ -1,0 +1,59 @@
+"""Where a compiled pipeline runs, and how its tasks ask for hardware there.
+
+- `vertex`: Vertex AI Pipelines. Training tasks ask for the accelerator named by a pipeline parameter
+  (`NVIDIA_L4`, `NVIDIA_TESLA_A100`, `NVIDIA_H100_80GB`, ... or `TPU_V5_LITEPOD`), a count, and CPU and
+  memory limits; Vertex picks the smallest machine that fits them.
+- `kfp`: a Kubeflow Pipelines cluster. Training tasks ask for `nvidia.com/gpu` (the Kubernetes resource
+  name; the GPU model is whatever the cluster's GPU nodes carry).
+- `local`: kfp's local runner. Nothing is requested (the local runner ignores resources anyway).
+"""
+
+from __future__ import annotations
+
+from kfp.dsl import PipelineTask
+from kfp.dsl.pipeline_channel import PipelineChannel
+
+TARGETS = ("vertex", "kfp", "local")
+KFP_GPU_RESOURCE = "nvidia.com/gpu"
+
+# Small CPU steps (validation, uploads, bookkeeping): Vertex's default e2-standard-4 fits them.
+SMALL_CPU = "4"
+SMALL_MEMORY = "16G"
+
+
+def check_target(target: str) -> str:
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
+    return target
+
+
+def _register(task: PipelineTask, *values) -> None:
+    # kfp 2.17 leaves a parameter used only in a resource setting out of the inputs of an enclosing
+    # dsl.If group, so the compiled placeholder would point at nothing; registering it adds it.
+    channels = [v for v in values if isinstance(v, PipelineChannel)]
+    if channels:
+        task.register_pipeline_channels(channels)
+
+
+def request_accelerator(task: PipelineTask, target: str, accelerator_type, accelerator_count,
+                        cpu_limit, memory_limit, image: str | None = None) -> PipelineTask:
+    """Ask for `accelerator_count` accelerators plus CPU and memory on `target`; values may be pipeline
+    parameters. `image` replaces the component's image (the TPU build of the trainer)."""
+    check_target(target)
+    if target == "local":
+        return task
+    if image:
+        task.set_container_image(image)
+    kind = accelerator_type if target == "vertex" else KFP_GPU_RESOURCE
+    task.set_accelerator_type(kind).set_accelerator_limit(accelerator_count)
+    task.set_cpu_limit(cpu_limit).set_memory_limit(memory_limit)
+    _register(task, kind, accelerator_count, cpu_limit, memory_limit)
+    return task
+
+
+def request_small_machine(task: PipelineTask, target: str) -> PipelineTask:
+    """A CPU-only step: a few cores and some memory, no accelerator."""
+    check_target(target)
+    if target != "local":
+        task.set_cpu_limit(SMALL_CPU).set_memory_limit(SMALL_MEMORY)
+    return task

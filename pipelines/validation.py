@@ -1,0 +1,55 @@
+"""Stage 1: validate the datasets before any accelerator is paid for, and write them in the canonical
+format every later stage reads."""
+
+import functools
+from typing import NamedTuple, Optional
+
+from kfp import dsl
+from kfp.dsl import Dataset
+
+from components.conditions import is_given
+from components.validate import validate_data
+from pipelines.targets import request_small_machine
+
+ValidationOutputs = NamedTuple(
+    "ValidationOutputs",
+    preference_data=Dataset,
+    prompt_data=Dataset,
+    eval_data=Dataset,
+    has_eval_dataset=bool,
+)
+
+
+@functools.lru_cache(maxsize=None)
+def validation_stage(target: str):
+    @dsl.pipeline(name="validate-inputs",
+                  description="Checks every line of the datasets and writes them in the canonical format.")
+    def pipeline(
+        preference_dataset: str,
+        prompt_dataset: str,
+        large_model_reference: str,
+        prompt_sequence_length: int,
+        target_sequence_length: int,
+        eval_dataset: Optional[str] = None,
+        instruction: Optional[str] = None,
+    ) -> ValidationOutputs:
+        checked = validate_data(
+            preference_dataset=preference_dataset,
+            prompt_dataset=prompt_dataset,
+            eval_dataset=eval_dataset,
+            instruction=instruction,
+            tokenizer=large_model_reference,  # token counts and truncation in the stats
+            prompt_sequence_length=prompt_sequence_length,
+            target_sequence_length=target_sequence_length,
+        ).set_display_name("Validate datasets")
+        request_small_machine(checked, target)
+        eval_given = is_given(value=eval_dataset).set_display_name("Eval dataset given?")
+        request_small_machine(eval_given, target)
+        return ValidationOutputs(
+            preference_data=checked.outputs["preference_data"],
+            prompt_data=checked.outputs["prompt_data"],
+            eval_data=checked.outputs["eval_data"],
+            has_eval_dataset=eval_given.output,
+        )
+
+    return pipeline

@@ -1,0 +1,45 @@
+"""`rlhf compile` (and `python compile.py`): write the pipeline YAML for Vertex AI or Kubeflow Pipelines."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+HELP = "compile the RLHF pipeline to a YAML file for Vertex AI (default) or a Kubeflow Pipelines cluster"
+
+DEFAULT_OUTPUT = "rlhf_pipeline.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", choices=("vertex", "kfp"), default="vertex",
+                        help="vertex: accelerators by Vertex name (NVIDIA_L4, TPU_V5_LITEPOD, ...), upload and "
+                             "deploy; kfp: nvidia.com/gpu on a Kubeflow cluster, no deploy (default: vertex)")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT,
+                        help=f"where to write the YAML (default: {DEFAULT_OUTPUT})")
+    parser.add_argument("--image-registry", metavar="REGISTRY",
+                        help="registry holding the rlhf-cpu/-gpu/-tpu images, e.g. "
+                             "us-central1-docker.pkg.dev/PROJECT/rlhf (default: $RLHF_IMAGE_REGISTRY "
+                             "or the project's registry); images are tagged with the package version")
+
+
+def compile_pipeline(target: str, output: str) -> str:
+    """Compile the pipeline for `target` into `output`; returns the path written."""
+    from kfp import compiler
+
+    from pipelines.rlhf_pipeline import build_pipeline
+
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(target), output)
+    return output
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.image_registry:
+        # components/image.py reads it when the components are first imported (below).
+        os.environ["RLHF_IMAGE_REGISTRY"] = args.image_registry
+    path = compile_pipeline(args.target, args.output)
+    from components.image import IMAGE, TPU_IMAGE, TRAINER_IMAGE
+    print(f"wrote {path} (target: {args.target})")
+    print(f"images: {IMAGE}, {TRAINER_IMAGE}" + (f", {TPU_IMAGE}" if args.target == "vertex" else ""))
+    return 0

@@ -1,0 +1,28 @@
+"""`rlhf evaluate`: compare a tuned model (an adapter or a model folder) with its base on any eval
+dataset, and print the summary."""
+
+from __future__ import annotations
+
+import argparse
+
+from rlhf.configargs import add_dataclass_arguments, dataclass_from_args
+from rlhf.evaluate.config import EvalConfig
+
+HELP = ("Evaluate a tuned model against its base on eval prompts: bulk inference, reward-model and "
+        "judge win rates, KL, ROUGE-L, a reward-hacking alarm; writes report.html, summary.md, "
+        "metrics.json and Google-style predictions")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, EvalConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlhf.evaluate.run import evaluate
+
+    config = dataclass_from_args(EvalConfig, args)
+    config.validate()  # before importing torch: a typo costs nothing
+    result = evaluate(config)
+    print(result.summary)
+    print(f"Report: {result.outputs.report_html}")
+    return 0

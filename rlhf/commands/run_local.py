@@ -1,0 +1,208 @@
+"""`rlhf run-local`: run the whole pipeline on this machine with kfp's local runner.
+
+By default it runs on the bundled sample data and the embedded default model with step counts small
+enough to finish in minutes on 2 CPU cores; every flag and `--parameter NAME=VALUE` overrides that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from rlhf.errors import UserError
+
+HELP = ("run the pipeline locally with kfp's local runner (on the bundled sample data and the embedded "
+        "model by default), printing progress, where the outputs are and the evaluation summary")
+
+DEFAULT_ROOT = "local_outputs"
+
+# Small enough to finish in minutes on 2 CPU cores with the 135M-parameter default model; the
+# pipeline's own defaults (Google's) are for GPUs.
+LOCAL_DEFAULTS = {
+    "large_model_reference": "smollm2-135m-instruct",
+    "reward_model_train_steps": 20,
+    "reinforcement_learning_train_steps": 8,
+    "prompt_sequence_length": 256,
+    "target_sequence_length": 32,
+    "deploy_model": False,
+}
+
+# Flags for the parameters people change most; any other one goes through --parameter.
+_FLAGS = {
+    "model": "large_model_reference",
+    "reward_model_train_steps": "reward_model_train_steps",
+    "reinforcement_learning_train_steps": "reinforcement_learning_train_steps",
+    "prompt_sequence_length": "prompt_sequence_length",
+    "target_sequence_length": "target_sequence_length",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pipeline-root", default=DEFAULT_ROOT,
+                        help=f"local directory for every task's outputs (default: ./{DEFAULT_ROOT})")
+    parser.add_argument("--preference-dataset", help="preference JSONL: path, gs:// URI or glob (default: bundled sample)")
+    parser.add_argument("--prompt-dataset", help="prompt JSONL for reinforcement learning (default: bundled sample)")
+    parser.add_argument("--eval-dataset",
+                        help="eval JSONL (default: bundled sample); pass an empty string to skip evaluation")
+    parser.add_argument("--instruction",
+                        help="instruction prepended to every prompt (default: the sample data's instruction "
+                             "with the sample data, none with yours)")
+    parser.add_argument("--model", help=f"large_model_reference: alias, model directory or gs:// URI "
+                                        f"(default: {LOCAL_DEFAULTS['large_model_reference']})")
+    for flag, name in _FLAGS.items():
+        if flag != "model":
+            parser.add_argument("--" + flag.replace("_", "-"), type=int,
+                                help=f"{name} (default here: {LOCAL_DEFAULTS[name]})")
+    parser.add_argument("--parameter", action="append", default=[], metavar="NAME=VALUE",
+                        help="any other pipeline parameter (see the README's table); repeatable")
+    parser.add_argument("--template", metavar="FILE",
+                        help="run this compiled pipeline YAML instead of building the pipeline from the code")
+    parser.add_argument("--cache", action="store_true",
+                        help="reuse outputs of tasks whose inputs did not change (keyed on paths, not file "
+                             "contents: leave off after editing a dataset in place)")
+
+
+def _datasets(args) -> dict[str, str]:
+    from rlhf import samples
+
+    given = {"preference_dataset": args.preference_dataset, "prompt_dataset": args.prompt_dataset,
+             "eval_dataset": args.eval_dataset}
+    defaults = {"preference_dataset": samples.preference_dataset, "prompt_dataset": samples.prompt_dataset,
+                "eval_dataset": samples.eval_dataset}
+    out = {name: (value if value is not None else defaults[name]()) for name, value in given.items()}
+    for name, value in out.items():
+        if value and not value.startswith("gs://"):
+            out[name] = os.path.abspath(os.path.expanduser(value))  # tasks run in other directories
+    uses_samples = args.preference_dataset is None
+    out["instruction"] = args.instruction if args.instruction is not None else (
+        samples.INSTRUCTION if uses_samples else "")
+    return out
+
+
+def _pipeline(template: str | None):
+    if template:
+        from kfp import components
+        if not os.path.isfile(template):
+            raise UserError(f"--template {template}: no such file; compile one with `rlhf compile --output {template}`")
+        return components.load_component_from_file(template)
+    from pipelines.rlhf_pipeline import build_pipeline
+    return build_pipeline("local")
+
+
+def _template_of(pipeline, template_path: str | None):
+    from google.protobuf import json_format
+
+    from rlhf.parameters import Template
+    spec = json_format.MessageToDict(pipeline.pipeline_spec)
+    return Template(template_path or "the local pipeline", spec)
+
+
+def parameter_values(args, template) -> dict:
+    """Every pipeline parameter for this run, typed and checked."""
+    from rlhf import parameters
+
+    values: dict = {}
+    sources: dict = {}
+    for name, value in {**LOCAL_DEFAULTS, **_datasets(args)}.items():
+        values[name], sources[name] = value, "run-local default"
+    for flag, name in _FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            values[name], sources[name] = value, "--" + flag.replace("_", "-")
+    overrides = parameters.parse_assignments(args.parameter)
+    for name, value in overrides.items():
+        values[name], sources[name] = value, f"--parameter {name}={value}"
+    known = template.parameters
+    values = {k: v for k, v in values.items() if k in known or k in overrides}  # a foreign template
+    checked = parameters.check_parameters(template, values, sources, raw_strings=overrides)
+    # kfp's local runner cannot pass an optional parameter left unset: give every one a value.
+    for name, param in known.items():
+        if checked.get(name) is None and param.optional and not param.has_default:
+            checked[name] = ""
+    return checked
+
+
+def _preflight(values: dict) -> None:
+    """Check the datasets here first, so a data mistake is a clear message, not a failed task."""
+    from rlhf.data.validate import ValidateConfig, run_validation
+
+    report = run_validation(ValidateConfig(
+        preference_dataset=values.get("preference_dataset", ""),
+        prompt_dataset=values.get("prompt_dataset", ""), eval_dataset=values.get("eval_dataset", ""),
+        instruction=values.get("instruction", "")))
+    if not report.ok:
+        raise UserError(report.problem_text())
+
+
+def _show_plan(values: dict, root: str) -> None:
+    print("rlhf run-local: the pipeline runs task by task with kfp's local runner")
+    for name in ("preference_dataset", "prompt_dataset", "eval_dataset", "instruction", "large_model_reference",
+                 "reward_model_train_steps", "reinforcement_learning_train_steps"):
+        if name in values:
+            print(f"  {name:36s} {values[name]!r}")
+    print(f"  {'outputs under':36s} {root}")
+    print(flush=True)
+
+
+def _newest_run_dir(root: Path, before: set) -> Path | None:
+    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p not in before]
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
+def find_outputs(run_dir: Path) -> dict[str, Path]:
+    """Output files and directories of a finished local run, by `task/output` name."""
+    out = {}
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir)
+        if len(rel.parts) == 2:
+            out["/".join(rel.parts)] = path
+    return out
+
+
+def _show_outputs(run_dir: Path, outputs, elapsed: float) -> None:
+    print(f"\nfinished in {elapsed:.0f} s; every task's outputs are under {run_dir}")
+    for key, path in find_outputs(run_dir).items():
+        print(f"  {key:48s} {path}")
+    result = getattr(outputs, "outputs", None) or {}
+    for name in ("model_resource_name", "endpoint_resource_name"):
+        if name in result and result[name]:
+            print(f"  {name}: {result[name]}")
+    summary = evaluation_summary(run_dir)
+    if summary is not None:
+        print(f"\nevaluation summary ({summary}):\n")
+        print(summary.read_text(encoding="utf-8"))
+
+
+def evaluation_summary(run_dir: Path) -> Path | None:
+    """The Markdown summary the evaluation task wrote, if it ran."""
+    for path in sorted(run_dir.glob("evaluate*/summary*")):
+        if path.is_file() and path.suffix in (".md", ""):
+            return path
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    import kfp.local
+
+    pipeline = _pipeline(args.template)
+    values = parameter_values(args, _template_of(pipeline, args.template))
+    _preflight(values)
+    root = Path(args.pipeline_root).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    _show_plan(values, str(root))
+    before = {p for p in root.iterdir()}
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+                   workspace_root=str(root / ".workspace"), enable_caching=args.cache,
+                   cache_root=str(root / ".cache"))
+    start = time.monotonic()
+    try:
+        outputs = pipeline(**values)
+    except RuntimeError as e:
+        print(f"\nthe pipeline failed: {e}\nthe failing task's log is above; outputs so far are under {root}")
+        return 1
+    run_dir = _newest_run_dir(root, before)
+    _show_outputs(run_dir or root, outputs, time.monotonic() - start)
+    return 0

@@ -1,0 +1,31 @@
+"""`rlhf train-reward`: train a pairwise reward model with LoRA (flags mirror RewardConfig)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = ("Train a reward model on preference pairs (Bradley–Terry loss, LoRA) and write the adapter, "
+        "score head, normalization statistics, metrics and TensorBoard logs. Rerun with the same "
+        "--output-dir to resume from its last checkpoint.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from rlhf.configargs import add_dataclass_arguments
+    from rlhf.reward.config import RewardConfig
+    add_dataclass_arguments(parser, RewardConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlhf.configargs import dataclass_from_args
+    from rlhf.reward.config import RewardConfig
+    from rlhf.reward.metrics import scalar_metrics
+    from rlhf.reward.train import train_reward_model
+    config = dataclass_from_args(RewardConfig, args)
+    config.check()  # before torch and the model load
+    result = train_reward_model(config)
+    shown = {k: round(v, 4) for k, v in scalar_metrics(result.metrics).items()
+             if k.split("/")[0] in ("heldout", "eval") or k.startswith("reward/normalization")}
+    print(json.dumps({"output_dir": result.output_dir, "steps": result.steps,
+                      "resumed_from": result.resumed_from, "metrics": shown}, indent=2))
+    return 0

@@ -1,0 +1,429 @@
+"""The evaluation report: one self-contained HTML file (inline CSS and SVG, no scripts and nothing
+fetched, so it renders in the Vertex AI and Kubeflow artifact viewers), a short Markdown summary, and
+the flat metric dictionary logged to KFP `Metrics`.
+
+Every piece of model or user text goes through `html.escape`: prompts and responses are untrusted.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from rlhf import storage
+from rlhf.errors import UserError
+from rlhf.evaluate import metrics as M
+
+# (label, base metric, tuned metric, format, what it means)
+PAIRED_ROWS = [
+    ("Judge score (mean, 0-1)", "eval/judge_base_mean", "eval/judge_tuned_mean", ".3f",
+     "independent constitution judge (rlhf.judge), not the reward the policy was tuned on"),
+    ("Reward-model score (mean)", "eval/reward_base_mean", "eval/reward_tuned_mean", ".3f",
+     "raw score of the trained reward model"),
+    ("Reward-model score (std)", "eval/reward_base_std", "eval/reward_tuned_std", ".3f", ""),
+    ("Reward-model score, normalized (mean)", "eval/reward_base_normalized_mean",
+     "eval/reward_tuned_normalized_mean", ".3f", "with the reward model's saved training statistics"),
+    ("ROUGE-L F vs reference (mean)", "eval/rouge_l_base", "eval/rouge_l_tuned", ".3f",
+     "only prompts with a reference"),
+    ("Response length, tokens (mean)", "eval/length_tokens_base_mean", "eval/length_tokens_tuned_mean",
+     ".1f", "EOS included"),
+    ("Response length, words (mean)", "eval/length_words_base_mean", "eval/length_words_tuned_mean",
+     ".1f", ""),
+    ("Responses that ended with EOS", "eval/eos_base_fraction", "eval/eos_tuned_fraction", ".1%",
+     "the rest hit the token limit"),
+]
+
+# (label, metric, format, what it means)
+SINGLE_ROWS = [
+    ("Judge win rate, tuned over base", "eval/judge_win_rate", ".1%",
+     "share of prompts where the judge scores the tuned response higher; a tie counts half"),
+    ("Reward-model win rate, tuned over base", "eval/reward_win_rate", ".1%",
+     "same, by the reward model; a tie counts half"),
+    ("KL(tuned || base) per token", "eval/kl", ".4f",
+     "mean log-ratio log π_tuned − log π_base over the tuned responses' tokens (k1)"),
+    ("KL(tuned || base) per response", "eval/kl_seq", ".4f", "k1 summed over each response, averaged"),
+    ("Exact next-token KL per token", "eval/kl_full", ".4f",
+     "KL of the two next-token distributions along the tuned responses (always >= 0)"),
+    ("Exact next-token KL per response", "eval/kl_full_seq", ".4f", "summed over each response, averaged"),
+    ("Reward model accuracy on eval pairs", "eval/reward_model/accuracy", ".1%",
+     "chosen scored above rejected (rlhf.reward.metrics)"),
+    ("Reward model precision", "eval/reward_model/precision", ".3f",
+     "each response a binary example: chosen = positive, predicted positive above the mean reward"),
+    ("Reward model recall", "eval/reward_model/recall", ".3f", ""),
+    ("Reward model F1", "eval/reward_model/f1", ".3f", ""),
+    ("Reward model ROC AUC", "eval/reward_model/roc_auc", ".3f", "P(chosen outscores rejected), ties half"),
+    ("Eval pairs scored", "eval/reward_model/pairs", ".0f", ""),
+    ("Eval prompts", "eval/num_prompts", ".0f", ""),
+]
+
+# Training curves: (title, metric names to draw from the history, y label)
+CURVES = [
+    ("Reward over PPO training", ["reward/mean"], "reward"),
+    ("KL from the reference over PPO training", ["policy/kl"], "KL"),
+]
+
+COLORS = {"base": "#8c8c8c", "tuned": "#1a73e8"}
+SERIES_COLORS = ["#1a73e8", "#e8710a", "#188038", "#9334e6"]
+
+
+@dataclass
+class Sample:
+    """One prompt with both responses, for the side-by-side section."""
+
+    prompt: str
+    base: str
+    tuned: str
+    reference: str = ""
+    judge_base: Optional[float] = None
+    judge_tuned: Optional[float] = None
+    reward_base: Optional[float] = None
+    reward_tuned: Optional[float] = None
+
+
+@dataclass
+class ReportData:
+    metrics: dict[str, float]
+    info: dict[str, str] = field(default_factory=dict)  # run description: model, base, data, decoding
+    alarm: Optional[str] = None
+    reward_scores: dict[str, list[float]] = field(default_factory=dict)  # "base"/"tuned" -> scores
+    judge_scores: dict[str, list[float]] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)  # PPO metrics.jsonl rows
+    samples: list[Sample] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was skipped and why
+
+
+# ------------------------------------------------------------------------------------------------
+# Training history
+
+
+def read_history(uri: str) -> list[dict]:
+    """PPO training history: `metrics.jsonl` rows (`{"step": 3, "reward/mean": ...}`) from a file, or
+    from `metrics.jsonl` inside a directory (searched one level down too). Rows sorted by step."""
+    if not uri:
+        return []
+    candidates = [uri] if uri.endswith((".jsonl", ".jsonl.gz", ".json")) else [
+        storage.join(uri, "metrics.jsonl"), storage.join(uri, "*", "metrics.jsonl")]
+    path = None
+    for c in candidates:
+        try:
+            path = storage.expand(c)[0]
+            break
+        except UserError:
+            continue
+    if path is None:
+        raise UserError(f"training history {uri}: no metrics.jsonl there; give the metrics.jsonl file "
+                        f"written by `rlhf tune` or the directory that holds it")
+    rows = []
+    with storage.open_read(path, "rt") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise UserError(f"{path}:{n}: not a JSON line ({e}); the training history must be the "
+                                f"metrics.jsonl that `rlhf tune` writes") from None
+            if isinstance(row, dict) and "step" in row:
+                rows.append(row)
+    rows.sort(key=lambda r: r["step"])
+    return rows
+
+
+def _series(history: Sequence[dict], name: str) -> list[tuple[float, float]]:
+    out = []
+    for row in history:
+        value = row.get(name)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out.append((float(row["step"]), float(value)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Inline SVG charts
+
+
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    if hi <= lo:
+        lo, hi = lo - 1.0, hi + 1.0
+    raw = (hi - lo) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.floor(lo / step) * step
+    ticks, t = [], first
+    while t <= hi + step * 0.5:
+        ticks.append(round(t, 10))
+        t += step
+    return ticks
+
+
+def _fmt_tick(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _frame(width, height, title, ticks_x, ticks_y, sx, sy, xlabel, ylabel, left, top, plot_w, plot_h):
+    e = html.escape
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="{e(title)}">',
+             f'<text x="{width / 2}" y="16" text-anchor="middle" class="ct">{e(title)}</text>']
+    for t in ticks_y:
+        y = sy(t)
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" class="grid"/>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{e(_fmt_tick(t))}</text>')
+    for t in ticks_x:
+        x = sx(t)
+        parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle" class="tick">'
+                     f'{e(_fmt_tick(t))}</text>')
+    parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" class="axis"/>')
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle" class="lbl">{e(xlabel)}</text>')
+    parts.append(f'<text x="12" y="{top + plot_h / 2}" text-anchor="middle" class="lbl" '
+                 f'transform="rotate(-90 12 {top + plot_h / 2})">{e(ylabel)}</text>')
+    return parts
+
+
+def svg_line_chart(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str,
+                   width: int = 560, height: int = 260) -> str:
+    """A line chart of one or more (x, y) series, as an inline <svg> element."""
+    points = [p for s in series.values() for p in s]
+    if not points:
+        return ""
+    left, top, right, bottom = 56, 26, 12, 36
+    plot_w, plot_h = width - left - right, height - top - bottom
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    ticks_x, ticks_y = _nice_ticks(min(xs), max(xs)), _nice_ticks(min(ys), max(ys))
+    x0, x1, y0, y1 = ticks_x[0], ticks_x[-1], ticks_y[0], ticks_y[-1]
+
+    def sx(x):
+        return left + (x - x0) / (x1 - x0) * plot_w
+
+    def sy(y):
+        return top + plot_h - (y - y0) / (y1 - y0) * plot_h
+
+    parts = _frame(width, height, title, ticks_x, ticks_y, sx, sy, xlabel, ylabel, left, top, plot_w, plot_h)
+    for k, (name, pts) in enumerate(series.items()):
+        color = SERIES_COLORS[k % len(SERIES_COLORS)]
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{coords}"/>')
+        if len(pts) == 1:
+            parts.append(f'<circle cx="{sx(pts[0][0]):.1f}" cy="{sy(pts[0][1]):.1f}" r="3" fill="{color}"/>')
+        parts.append(f'<text x="{left + 8}" y="{top + 14 + 14 * k}" class="lbl" fill="{color}">'
+                     f'{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_histogram(groups: dict[str, list[float]], title: str, xlabel: str, bins: int = 20,
+                  width: int = 560, height: int = 260) -> str:
+    """Overlaid histograms (same bins) of several groups of values, as an inline <svg> element."""
+    values = [v for g in groups.values() for v in g if math.isfinite(v)]
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    hists = {name: M.histogram([v for v in g if math.isfinite(v)], bins, lo, hi) for name, g in groups.items()}
+    edges = next(iter(hists.values())).edges
+    top_count = max(max(h.counts) for h in hists.values())
+    left, top, right, bottom = 56, 26, 12, 36
+    plot_w, plot_h = width - left - right, height - top - bottom
+    ticks_x, ticks_y = _nice_ticks(edges[0], edges[-1]), _nice_ticks(0, top_count)
+    x0, x1, y1 = ticks_x[0], ticks_x[-1], ticks_y[-1]
+
+    def sx(x):
+        return left + (x - x0) / (x1 - x0) * plot_w
+
+    def sy(y):
+        return top + plot_h - y / y1 * plot_h
+
+    parts = _frame(width, height, title, ticks_x, ticks_y, sx, sy, xlabel, "prompts", left, top, plot_w, plot_h)
+    for k, (name, h) in enumerate(hists.items()):
+        color = COLORS.get(name, SERIES_COLORS[k % len(SERIES_COLORS)])
+        for i, c in enumerate(h.counts):
+            if c:
+                xa, xb = sx(h.edges[i]), sx(h.edges[i + 1])
+                parts.append(f'<rect x="{xa:.1f}" y="{sy(c):.1f}" width="{max(xb - xa - 1, 1):.1f}" '
+                             f'height="{sy(0) - sy(c):.1f}" fill="{color}" fill-opacity="0.55"/>')
+        parts.append(f'<text x="{left + 8}" y="{top + 14 + 14 * k}" class="lbl" fill="{color}">'
+                     f'{html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# HTML
+
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:24px;color:#202124;max-width:1200px}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #dadce0;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #dadce0;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f1f3f4}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.note{color:#5f6368;font-size:12px}.up{color:#188038}.down{color:#d93025}
+.alarm{background:#fce8e6;border:3px solid #d93025;color:#a50e0e;padding:12px 16px;font-weight:bold;font-size:16px;margin:12px 0}
+.info td{border:none;padding:2px 8px}.charts{display:flex;flex-wrap:wrap;gap:16px}
+svg .ct{font-size:13px;font-weight:bold}svg .tick{font-size:10px;fill:#5f6368}svg .lbl{font-size:11px}
+svg .grid{stroke:#e8eaed}svg .axis{fill:none;stroke:#9aa0a6}
+.sample{border:1px solid #dadce0;border-radius:6px;margin:14px 0;padding:8px 12px}
+.sample pre{white-space:pre-wrap;word-wrap:break-word;font-family:inherit;margin:4px 0}
+.side{display:grid;grid-template-columns:1fr 1fr;gap:12px}.side>div{background:#f8f9fa;padding:6px 10px;border-radius:4px}
+.win{outline:2px solid #188038}.scores{color:#5f6368;font-size:12px}.prompt{max-height:240px;overflow:auto}
+"""
+
+
+def _fmt(value: Optional[float], spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return format(value, spec)
+
+
+def _delta_cell(base: Optional[float], tuned: Optional[float], spec: str) -> str:
+    if base is None or tuned is None or math.isnan(base) or math.isnan(tuned):
+        return '<td class="num">–</td>'
+    d = tuned - base
+    cls = "up" if d > 0 else ("down" if d < 0 else "")
+    return f'<td class="num {cls}">{format(d, "+" + spec)}</td>'
+
+
+def _metric_tables(m: dict[str, float]) -> str:
+    e = html.escape
+    rows = []
+    for label, kb, kt, spec, note in PAIRED_ROWS:
+        if kb in m or kt in m:
+            b, t = m.get(kb), m.get(kt)
+            rows.append(f"<tr><td>{e(label)}</td><td class='num'>{_fmt(b, spec)}</td>"
+                        f"<td class='num'>{_fmt(t, spec)}</td>{_delta_cell(b, t, spec)}"
+                        f"<td class='note'>{e(note)}</td></tr>")
+    paired = ("<table><tr><th>Metric</th><th>Base</th><th>Tuned</th><th>Change</th><th>Note</th></tr>"
+              + "".join(rows) + "</table>") if rows else ""
+    rows = []
+    for label, key, spec, note in SINGLE_ROWS:
+        if key in m:
+            rows.append(f"<tr><td>{e(label)}</td><td class='num'>{_fmt(m[key], spec)}</td>"
+                        f"<td class='note'>{e(note)}</td><td><code>{e(key)}</code></td></tr>")
+    single = ("<table><tr><th>Metric</th><th>Value</th><th>Note</th><th>Name</th></tr>"
+              + "".join(rows) + "</table>") if rows else ""
+    return paired + single
+
+
+def _score_line(judge: Optional[float], reward: Optional[float]) -> str:
+    bits = []
+    if judge is not None:
+        bits.append(f"judge {judge:.3f}")
+    if reward is not None:
+        bits.append(f"reward {reward:.3f}")
+    return " · ".join(bits)
+
+
+def _winner(s: Sample) -> Optional[str]:
+    """Which side the judge (else the reward model) prefers, for highlighting."""
+    for b, t in ((s.judge_base, s.judge_tuned), (s.reward_base, s.reward_tuned)):
+        if b is not None and t is not None:
+            return "tuned" if t > b else ("base" if b > t else None)
+    return None
+
+
+def _samples_html(samples: Sequence[Sample]) -> str:
+    e = html.escape
+    out = []
+    for i, s in enumerate(samples, 1):
+        win = _winner(s)
+        ref = (f"<details><summary>Reference</summary><pre>{e(s.reference)}</pre></details>"
+               if s.reference else "")
+        out.append(
+            f'<div class="sample"><b>Prompt {i}</b><div class="prompt"><pre>{e(s.prompt)}</pre></div>{ref}'
+            f'<div class="side">'
+            f'<div class="{"win" if win == "base" else ""}"><b>Base</b> '
+            f'<span class="scores">{e(_score_line(s.judge_base, s.reward_base))}</span><pre>{e(s.base)}</pre></div>'
+            f'<div class="{"win" if win == "tuned" else ""}"><b>Tuned</b> '
+            f'<span class="scores">{e(_score_line(s.judge_tuned, s.reward_tuned))}</span><pre>{e(s.tuned)}</pre></div>'
+            f"</div></div>")
+    return "".join(out)
+
+
+def render_html(data: ReportData) -> str:
+    """The whole report as one HTML document."""
+    e = html.escape
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             "<title>RLHF evaluation: tuned vs base</title>", f"<style>{CSS}</style></head><body>",
+             "<h1>RLHF evaluation: tuned vs base</h1>"]
+    if data.alarm:
+        parts.append(f'<div class="alarm" role="alert">&#9888; {e(data.alarm)}</div>')
+    if data.info:
+        parts.append("<table class='info'>" + "".join(
+            f"<tr><td><b>{e(k)}</b></td><td>{e(str(v))}</td></tr>" for k, v in data.info.items()) + "</table>")
+    parts.append("<h2>Metrics</h2>" + _metric_tables(data.metrics))
+    if data.notes:
+        parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in data.notes) + "</ul>")
+
+    charts = []
+    if data.reward_scores:
+        charts.append(svg_histogram(data.reward_scores, "Reward-model score of eval responses", "reward"))
+    if data.judge_scores:
+        charts.append(svg_histogram(data.judge_scores, "Judge score of eval responses", "judge score"))
+    if any(charts):
+        parts.append("<h2>Score distributions</h2><div class='charts'>" + "".join(charts) + "</div>")
+
+    if data.history:
+        curves = []
+        for title, names, ylabel in CURVES:
+            series = {n: _series(data.history, n) for n in names}
+            series = {n: s for n, s in series.items() if s}
+            if series:
+                curves.append(svg_line_chart(series, title, "training step", ylabel))
+            else:
+                curves.append(f"<p>{e(title)}: {e(', '.join(names))} not in the training history.</p>")
+        parts.append("<h2>Training curves</h2><div class='charts'>" + "".join(curves) + "</div>")
+
+    if data.samples:
+        parts.append(f"<h2>Samples ({len(data.samples)} prompts, base and tuned side by side)</h2>"
+                     "<p class='scores'>The response the judge prefers is outlined.</p>")
+        parts.append(_samples_html(data.samples))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# Markdown summary and KFP metrics
+
+
+def _md(m: dict[str, float], key: str, spec: str) -> Optional[str]:
+    v = m.get(key)
+    return None if v is None or math.isnan(v) else format(v, spec)
+
+
+def render_markdown(data: ReportData) -> str:
+    """A short summary: judge win rate, KL, reward change, and the alarm if raised."""
+    m = data.metrics
+    n = int(m.get("eval/num_prompts", 0))
+    lines = [f"## Evaluation: tuned vs base on {n} eval prompts", ""]
+    if data.alarm:
+        lines += [f"> **WARNING: {data.alarm}**", ""]
+    if _md(m, "eval/judge_win_rate", ".1%"):
+        lines.append(f"- Judge win rate (tuned over base, ties count half): **{_md(m, 'eval/judge_win_rate', '.1%')}**")
+    if _md(m, "eval/judge_tuned_mean", ".3f"):
+        lines.append(f"- Judge score: {_md(m, 'eval/judge_base_mean', '.3f')} → "
+                     f"{_md(m, 'eval/judge_tuned_mean', '.3f')} ({_md(m, 'eval/judge_delta', '+.3f')})")
+    if _md(m, "eval/reward_tuned_mean", ".3f"):
+        lines.append(f"- Reward-model score: {_md(m, 'eval/reward_base_mean', '.3f')} → "
+                     f"{_md(m, 'eval/reward_tuned_mean', '.3f')} ({_md(m, 'eval/reward_delta', '+.3f')}); "
+                     f"reward-model win rate {_md(m, 'eval/reward_win_rate', '.1%')}")
+    if _md(m, "eval/kl", ".4f"):
+        lines.append(f"- KL(tuned ‖ base): {_md(m, 'eval/kl', '.4f')} per token, "
+                     f"{_md(m, 'eval/kl_seq', '.3f')} per response (exact next-token KL "
+                     f"{_md(m, 'eval/kl_full', '.4f')} per token)")
+    if _md(m, "eval/rouge_l_tuned", ".3f"):
+        lines.append(f"- ROUGE-L vs reference: {_md(m, 'eval/rouge_l_base', '.3f')} → {_md(m, 'eval/rouge_l_tuned', '.3f')}")
+    if _md(m, "eval/length_words_tuned_mean", ".1f"):
+        lines.append(f"- Response length (words): {_md(m, 'eval/length_words_base_mean', '.1f')} → "
+                     f"{_md(m, 'eval/length_words_tuned_mean', '.1f')}")
+    if _md(m, "eval/reward_model/accuracy", ".1%"):
+        lines.append(f"- Reward model accuracy on eval pairs: {_md(m, 'eval/reward_model/accuracy', '.1%')}")
+    for note in data.notes:
+        lines.append(f"- Note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def kfp_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The finite metrics, names unchanged (KFP shows `eval/judge_win_rate` as is)."""
+    return {k: float(v) for k, v in sorted(metrics.items())
+            if isinstance(v, (int, float)) and math.isfinite(v)}

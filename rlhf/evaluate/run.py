@@ -1,0 +1,276 @@
+"""The evaluation step: base vs tuned on the eval prompts, end to end.
+
+    examples -> bulk inference (tuned, with KL measured on the way; then base) -> predictions JSONL
+             -> reward-model scores, judge scores, ROUGE-L, lengths -> metrics, alarm
+             -> report.html, summary.md, metrics.json, scores.jsonl
+
+Outputs (`EvalOutputs.in_dir(output_dir)`):
+    predictions/base.jsonl, predictions/tuned.jsonl   Google bulk-inferrer rows
+    predictions/scores.jsonl                          per prompt: both responses and every score
+    report.html, summary.md, metrics.json
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from rlhf import models, storage
+from rlhf.data import canonical
+from rlhf.errors import UserError
+from rlhf.evaluate import metrics as M
+from rlhf.evaluate import report as R
+from rlhf.evaluate.config import EvalConfig
+from rlhf.evaluate.data import load_eval_examples
+from rlhf.evaluate.inference import Generation, GenerationSettings, generate, prediction_row, write_predictions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalOutputs:
+    """Where one evaluation writes its files (local paths or gs:// URIs)."""
+
+    predictions_dir: str
+    report_html: str
+    summary_md: str
+    metrics_json: str
+
+    @classmethod
+    def in_dir(cls, directory: str) -> "EvalOutputs":
+        return cls(predictions_dir=storage.join(directory, "predictions"),
+                   report_html=storage.join(directory, "report.html"),
+                   summary_md=storage.join(directory, "summary.md"),
+                   metrics_json=storage.join(directory, "metrics.json"))
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    summary: str  # the Markdown summary
+    alarm: Optional[str]
+    outputs: EvalOutputs
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------
+# Scores from the other steps' models
+
+
+def reward_scores(reward_model: str, rows: list[canonical.EvalExample], responses: dict[str, list[str]],
+                  config: EvalConfig) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, float]]:
+    """Raw and normalized reward-model scores of each group of responses ({"base": [...], "tuned": [...]}),
+    and the reward model's preference metrics on the rows that carry a chosen/rejected pair."""
+    from rlhf.reward.metrics import preference_metrics, scalar_metrics
+    from rlhf.reward.scorer import RewardScorer
+
+    scorer = RewardScorer(reward_model, device=config.device or None, batch_size=config.batch_size)
+    raw, normalized = {}, {}
+    for name, texts in responses.items():
+        # Rows keep their own instruction; one without gets the reward model's training instruction.
+        scores = scorer.score_rows(rows, texts)
+        raw[name], normalized[name] = [float(x) for x in scores.raw], [float(x) for x in scores.normalized]
+    pairs = [r for r in rows if r.chosen is not None and r.rejected is not None]
+    pref: dict[str, float] = {}
+    if pairs:
+        chosen = scorer.score_rows(pairs, [r.chosen for r in pairs]).raw
+        rejected = scorer.score_rows(pairs, [r.rejected for r in pairs]).raw
+        pref = scalar_metrics(preference_metrics(chosen, rejected, prefix="eval/reward_model"))
+    return raw, normalized, pref
+
+
+def judge_scores(rows: list[canonical.EvalExample], responses: dict[str, list[str]]) -> dict[str, list[float]]:
+    """The independent judge's score in [0, 1] of each response, against the post the user wrote (the
+    last user turn without the instruction) and the row's instruction."""
+    from rlhf.judge import judge
+
+    out = {}
+    for name, texts in responses.items():
+        out[name] = [float(judge(canonical.user_input(r), t, r.instruction or "").score)
+                     for r, t in zip(rows, texts)]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _settings(config: EvalConfig) -> GenerationSettings:
+    return GenerationSettings(max_new_tokens=config.target_sequence_length, batch_size=config.batch_size,
+                              do_sample=config.sampling, temperature=config.temperature, top_p=config.top_p,
+                              top_k=config.top_k, seed=config.seed)
+
+
+def _history_source(config: EvalConfig) -> str:
+    """The training history to chart: the one given, else a PPO output directory's own metrics.jsonl
+    when the model given is that directory."""
+    if config.training_history:
+        return config.training_history
+    candidate = storage.join(config.model, "metrics.jsonl")
+    return candidate if storage.exists(candidate) else ""
+
+
+def _length_metrics(gens: dict[str, list[Generation]]) -> dict[str, float]:
+    m = {}
+    for name, g in gens.items():
+        m[f"eval/length_tokens_{name}_mean"] = M.mean([len(x.response_ids) for x in g])
+        m[f"eval/length_words_{name}_mean"] = M.mean([M.word_count(x.text) for x in g])
+        m[f"eval/eos_{name}_fraction"] = M.mean([1.0 if x.finished else 0.0 for x in g])
+    return m
+
+
+def _loud(message: str) -> None:
+    bar = "!" * 100
+    log.warning("\n%s\n%s\n%s", bar, message, bar)
+
+
+def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalResult:
+    """Run the whole evaluation (see module doc); user mistakes raise UserError before any model loads."""
+    import torch
+
+    if outputs is None:
+        config.validate()
+        outputs = EvalOutputs.in_dir(config.output_dir)
+    else:
+        config.validate_inputs()
+    rows = load_eval_examples(config.eval_dataset, config.instruction, config.max_examples)
+    history_uri = _history_source(config)
+    history = R.read_history(history_uri) if history_uri else []
+    if config.reward_model and not storage.exists(config.reward_model):
+        raise UserError(f"reward model {config.reward_model} does not exist: give the directory "
+                        f"`rlhf train-reward` wrote, or leave --reward-model empty to skip reward metrics")
+    notes: list[str] = []
+    metrics: dict[str, float] = {"eval/num_prompts": float(len(rows))}
+    log.info("evaluating %s on %d eval prompts from %s", config.model, len(rows), config.eval_dataset)
+
+    # -- bulk inference --------------------------------------------------------------------------
+    from rlhf.evaluate import kl as K
+    from rlhf.evaluate.policies import load_policy_pair
+
+    pair = load_policy_pair(config.model, config.large_model_reference, device=config.device or None)
+    prompts = [models.encode_prompt(pair.tokenizer, canonical.prompt_messages(r),
+                                    max_length=config.prompt_sequence_length) for r in rows]
+    settings = _settings(config)
+    accumulator = K.KLAccumulator()
+    t0 = time.perf_counter()
+    tuned = generate(pair.tuned, pair.tokenizer, prompts, settings, label="tuned",
+                     on_batch=K.measure_on_batches(pair.base, accumulator) if config.measure_kl else None,
+                     keep_logits=config.measure_kl)
+    t1 = time.perf_counter()
+    with pair.base() as base_model:
+        base = generate(base_model, pair.tokenizer, prompts, settings, label="base")
+    t2 = time.perf_counter()
+    metrics["time/eval_generation_tuned_s"] = t1 - t0
+    metrics["time/eval_generation_base_s"] = t2 - t1
+    base_reference = pair.base_reference
+    del pair  # free the policy before the reward model loads
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+    gens = {"base": base, "tuned": tuned}
+    texts = {name: [g.text for g in g_list] for name, g_list in gens.items()}
+    for name in ("base", "tuned"):
+        write_predictions(storage.join(outputs.predictions_dir, f"{name}.jsonl"), (
+            prediction_row(canonical.prompt_text(r), t, r.reference or "") for r, t in zip(rows, texts[name])))
+    metrics.update(_length_metrics(gens))
+
+    if config.measure_kl:
+        kl = accumulator.result()
+        metrics.update({"eval/kl": kl.k1_token_mean, "eval/kl_seq": kl.k1_sequence_mean,
+                        "eval/kl_full": kl.full_token_mean, "eval/kl_full_seq": kl.full_sequence_mean})
+
+    # -- ROUGE-L against references --------------------------------------------------------------
+    with_ref = [i for i, r in enumerate(rows) if r.reference]
+    rouge: dict[str, list[Optional[float]]] = {"base": [None] * len(rows), "tuned": [None] * len(rows)}
+    if with_ref:
+        for name in ("base", "tuned"):
+            scores = M.rouge_l([texts[name][i] for i in with_ref], [rows[i].reference for i in with_ref])
+            metrics[f"eval/rouge_l_{name}"] = M.mean(scores)
+            for i, s in zip(with_ref, scores):
+                rouge[name][i] = s
+        metrics["eval/num_with_reference"] = float(len(with_ref))
+
+    # -- reward model ----------------------------------------------------------------------------
+    raw: dict[str, list[float]] = {}
+    normalized: dict[str, list[float]] = {}
+    if config.reward_model:
+        t = time.perf_counter()
+        raw, normalized, pref = reward_scores(config.reward_model, rows, texts, config)
+        metrics["time/eval_reward_s"] = time.perf_counter() - t
+        for name in ("base", "tuned"):
+            metrics[f"eval/reward_{name}_mean"] = M.mean(raw[name])
+            metrics[f"eval/reward_{name}_std"] = M.std(raw[name])
+            metrics[f"eval/reward_{name}_normalized_mean"] = M.mean(normalized[name])
+        metrics["eval/reward_delta"] = metrics["eval/reward_tuned_mean"] - metrics["eval/reward_base_mean"]
+        metrics["eval/reward_win_rate"] = M.win_rate(raw["tuned"], raw["base"])
+        metrics.update(pref)
+        if not pref:
+            notes.append("no eval row carries a chosen/rejected pair: reward-model accuracy not measured")
+    else:
+        notes.append("no reward model given: reward-model scores and the reward-hacking alarm are skipped")
+
+    # -- independent judge -----------------------------------------------------------------------
+    judged: dict[str, list[float]] = {}
+    if config.judge:
+        t = time.perf_counter()
+        judged = judge_scores(rows, texts)
+        metrics["time/eval_judge_s"] = time.perf_counter() - t
+        for name in ("base", "tuned"):
+            metrics[f"eval/judge_{name}_mean"] = M.mean(judged[name])
+        metrics["eval/judge_delta"] = metrics["eval/judge_tuned_mean"] - metrics["eval/judge_base_mean"]
+        metrics["eval/judge_win_rate"] = M.win_rate(judged["tuned"], judged["base"])
+    else:
+        notes.append("the judge was turned off (--no-judge): no judge win rate")
+
+    alarm = None
+    if raw and judged:
+        alarm = M.reward_hacking_alarm(metrics["eval/reward_base_mean"], metrics["eval/reward_tuned_mean"],
+                                       metrics["eval/judge_base_mean"], metrics["eval/judge_tuned_mean"])
+        metrics["eval/reward_hacking_alarm"] = 1.0 if alarm else 0.0
+        if alarm:
+            _loud(alarm)
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def score(d, name, i):
+        return d[name][i] if d else None
+
+    per_prompt = []
+    for i, r in enumerate(rows):
+        entry = {"index": i, "source": r.source, "prompt": canonical.prompt_text(r), "reference": r.reference}
+        for name in ("base", "tuned"):
+            g = gens[name][i]
+            entry[name] = {"response": g.text, "tokens": len(g.response_ids), "finished": g.finished,
+                           "reward": score(raw, name, i), "reward_normalized": score(normalized, name, i),
+                           "judge": score(judged, name, i), "rouge_l": rouge[name][i]}
+        if config.measure_kl:
+            entry["kl_seq"] = kl.k1_per_sequence[i]
+            entry["kl_full_seq"] = kl.full_per_sequence[i]
+        per_prompt.append(entry)
+    with storage.open_write(storage.join(outputs.predictions_dir, "scores.jsonl"), "wt") as f:
+        for entry in per_prompt:
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    samples = [R.Sample(prompt=canonical.prompt_text(r), base=texts["base"][i], tuned=texts["tuned"][i],
+                        reference=r.reference or "", judge_base=score(judged, "base", i),
+                        judge_tuned=score(judged, "tuned", i), reward_base=score(raw, "base", i),
+                        reward_tuned=score(raw, "tuned", i))
+               for i, r in enumerate(rows[:config.num_report_samples])]
+    decoding = (f"sampling (temperature {config.temperature}, top-p {config.top_p}, top-k {config.top_k}, "
+                f"seed {config.seed})" if config.sampling else "greedy")
+    info = {"Tuned model": config.model, "Base model": base_reference, "Eval data": config.eval_dataset,
+            "Reward model": config.reward_model or "(none)", "Training history": history_uri or "(none)",
+            "Decoding": f"{decoding}, up to {config.target_sequence_length} new tokens, prompts up to "
+                        f"{config.prompt_sequence_length} tokens"}
+    data = R.ReportData(metrics=metrics, info=info, alarm=alarm, reward_scores=raw, judge_scores=judged,
+                        history=history, samples=samples, notes=notes)
+    summary = R.render_markdown(data)
+    storage.write_text(outputs.report_html, R.render_html(data))
+    storage.write_text(outputs.summary_md, summary)
+    storage.write_json(outputs.metrics_json, R.kfp_metrics(metrics))
+    log.info("evaluation written: %s", outputs.report_html)
+    return EvalResult(metrics=metrics, summary=summary, alarm=alarm, outputs=outputs, notes=notes)

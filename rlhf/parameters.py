@@ -1,0 +1,275 @@
+"""Check pipeline parameter values against a compiled template before anything is sent.
+
+A compiled pipeline (YAML or JSON) declares its parameters under `root.inputDefinitions.parameters`
+with a type (`STRING`, `NUMBER_INTEGER`, `NUMBER_DOUBLE`, `BOOLEAN`, `LIST`, `STRUCT`), a default and
+whether it is optional. `resolve_parameters` merges a parameter file and `NAME=VALUE` overrides,
+converts the command-line strings to the declared types and raises one `UserError` listing every
+problem: unknown names (with the closest known name), wrong types, required parameters left out,
+non-positive step counts and sizes, and malformed `gs://` URIs. Nothing here imports kfp.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
+
+import yaml
+
+from rlhf import storage
+from rlhf.errors import UserError
+
+STRING, INTEGER, DOUBLE, BOOLEAN, LIST, STRUCT = (
+    "STRING", "NUMBER_INTEGER", "NUMBER_DOUBLE", "BOOLEAN", "LIST", "STRUCT")
+_TYPE_WORDS = {STRING: "a string", INTEGER: "an integer", DOUBLE: "a number", BOOLEAN: "true or false",
+               LIST: "a JSON list", STRUCT: "a JSON object"}
+
+# Integer parameters whose name ends like this count or size something: they must be at least 1.
+_POSITIVE_INT_SUFFIXES = ("_steps", "_sequence_length", "_batch_size", "_epochs", "_rank",
+                          "_accelerator_count", "_minibatches", "_samples")
+_POSITIVE_FLOAT_SUFFIXES = ("_multiplier",)
+_NON_NEGATIVE_FLOAT_NAMES = ("kl_coeff",)
+_CHOICES = {"accelerator_type": ("GPU", "TPU")}
+
+# Bucket names: 3-63 characters of lowercase letters, digits, '-', '_' and '.', starting and ending
+# with a letter or digit (https://cloud.google.com/storage/docs/buckets#naming).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+_TARGET = re.compile(r"\(target: (\w+)\)")
+
+
+@dataclass(frozen=True)
+class TemplateParameter:
+    name: str
+    type: str
+    default: Any = None
+    has_default: bool = False
+    optional: bool = False
+
+    @property
+    def required(self) -> bool:
+        return not (self.has_default or self.optional)
+
+
+@dataclass(frozen=True)
+class Template:
+    path: str
+    spec: dict
+
+    @property
+    def parameters(self) -> dict[str, TemplateParameter]:
+        declared = self.spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {}) or {}
+        out = {}
+        for name, decl in declared.items():
+            kind = decl.get("parameterType", STRING)
+            default = decl.get("defaultValue")
+            if kind == INTEGER and isinstance(default, float) and default.is_integer():
+                default = int(default)  # the compiler writes integer defaults as 512.0
+            out[name] = TemplateParameter(name, kind, default, "defaultValue" in decl,
+                                          bool(decl.get("isOptional")))
+        return out
+
+    @property
+    def name(self) -> str:
+        return self.spec.get("pipelineInfo", {}).get("name", "")
+
+    @property
+    def target(self) -> Optional[str]:
+        """`vertex`, `kfp` or `local` for templates compiled by this project (from the description)."""
+        match = _TARGET.search(self.spec.get("pipelineInfo", {}).get("description", ""))
+        return match.group(1) if match else None
+
+
+def load_template(path: str) -> Template:
+    """Read a compiled pipeline (YAML or JSON; local path or gs:// URI)."""
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such template file; compile one with `rlhf compile --output {path}`")
+    try:
+        spec = yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not a compiled pipeline (YAML error: {e}); compile one with `rlhf compile`")
+    if not isinstance(spec, dict) or "root" not in spec or "pipelineInfo" not in spec:
+        raise UserError(f"{path}: not a compiled pipeline (no `root`/`pipelineInfo`); "
+                        f"compile one with `rlhf compile`")
+    return Template(path, spec)
+
+
+def parse_assignments(items: Iterable[str], flag: str = "--parameter") -> dict[str, str]:
+    """`["NAME=VALUE", ...]` -> `{NAME: VALUE}` (values stay strings; later ones win)."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"{flag} {item!r}: expected NAME=VALUE, e.g. {flag} reward_model_train_steps=200")
+        out[name.strip()] = value
+    return out
+
+
+def load_parameter_file(path: str) -> dict[str, Any]:
+    """A JSON or YAML mapping of parameter names to values (Vertex's `parameter_values`)."""
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such parameter file")
+    try:
+        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        where = f":{e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise UserError(f"{path}{where}: cannot parse the parameter file: {e}")
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of parameter names to values, "
+                        f'e.g. {{"reward_model_train_steps": 200}}; got {type(values).__name__}')
+    return values
+
+
+def _from_string(param: TemplateParameter, raw: str) -> Any:
+    """Convert a command-line string to the parameter's type (ValueError when it does not fit)."""
+    if param.type == STRING:
+        return raw
+    if param.type == INTEGER:
+        return int(raw.strip())
+    if param.type == DOUBLE:
+        value = float(raw.strip())
+        if not math.isfinite(value):
+            raise ValueError(raw)
+        return value
+    if param.type == BOOLEAN:
+        word = raw.strip().lower()
+        if word in ("true", "1", "yes"):
+            return True
+        if word in ("false", "0", "no"):
+            return False
+        raise ValueError(raw)
+    value = json.loads(raw)
+    if not isinstance(value, list if param.type == LIST else dict):
+        raise ValueError(raw)
+    return value
+
+
+def _typed(param: TemplateParameter, value: Any) -> Any:
+    """Check a value from a parameter file (already typed by JSON/YAML); ValueError when wrong."""
+    if value is None:
+        if param.optional:
+            return None
+        raise ValueError("null")
+    if param.type == STRING and isinstance(value, str):
+        return value
+    if param.type == INTEGER and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    if param.type == DOUBLE and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value):
+            return float(value)
+    if param.type == BOOLEAN and isinstance(value, bool):
+        return value
+    if param.type == LIST and isinstance(value, list):
+        return value
+    if param.type == STRUCT and isinstance(value, dict):
+        return value
+    raise ValueError(repr(value))
+
+
+def gcs_uri_problem(uri: str) -> Optional[str]:
+    """What is wrong with a `gs://bucket/path` URI, or None when it is well formed."""
+    if not uri.startswith("gs://"):
+        return "a Cloud Storage URI starts with gs:// (two slashes)"
+    bucket, _, path = uri[len("gs://"):].partition("/")
+    if not bucket:
+        return "the bucket name is missing (gs://BUCKET/path)"
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        return (f"{bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, '-', '_' "
+                f"or '.', starting and ending with a letter or digit)")
+    if any(c.isspace() for c in uri):
+        return "the URI contains whitespace"
+    if "//" in path:
+        return "the path contains an empty segment ('//')"
+    return None
+
+
+def _range_problem(name: str, value: Any) -> Optional[str]:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int) and name.endswith(_POSITIVE_INT_SUFFIXES) and value < 1:
+        return f"must be at least 1, got {value}"
+    if isinstance(value, (int, float)) and name.endswith(_POSITIVE_FLOAT_SUFFIXES) and value <= 0:
+        return f"must be positive, got {value}"
+    if isinstance(value, (int, float)) and name in _NON_NEGATIVE_FLOAT_NAMES and value < 0:
+        return f"must be zero or positive, got {value}"
+    if name in _CHOICES and value not in _CHOICES[name]:
+        return f"must be one of {', '.join(_CHOICES[name])}, got {value!r}"
+    return None
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_parameters(template: Template, values: Mapping[str, Any], sources: Mapping[str, str],
+                     raw_strings: Iterable[str] = (), remote: bool = False) -> dict[str, Any]:
+    """Typed, checked values; raises one UserError listing every problem.
+
+    `sources` names where each value came from (a file or a flag), for the messages; names in
+    `raw_strings` hold command-line strings to convert. With `remote`, dataset parameters must be
+    `gs://` URIs (or `/gcs/` paths): a machine in the cloud cannot read a path on this one.
+    """
+    params = template.parameters
+    raw = set(raw_strings)
+    problems: list[str] = []
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        where = sources.get(name, "")
+        param = params.get(name)
+        if param is None:
+            problems.append(f"{where}: unknown parameter {name!r}{_suggest(name, params)} "
+                            f"(see the README's parameter table or the template's root.inputDefinitions)")
+            continue
+        try:
+            typed = _from_string(param, value) if name in raw else _typed(param, value)
+        except (ValueError, json.JSONDecodeError):
+            problems.append(f"{where}: parameter {name!r} must be {_TYPE_WORDS.get(param.type, param.type)}, "
+                            f"got {value!r}")
+            continue
+        problem = _range_problem(name, typed)
+        if problem is None and isinstance(typed, str) and typed[:3].lower() == "gs:":
+            problem = gcs_uri_problem(typed)
+            if problem:
+                problem = f"malformed Cloud Storage URI {typed!r}: {problem}"
+        if problem is None and remote and name.endswith("_dataset") and typed:
+            if not (typed.startswith("gs://") or typed.startswith("/gcs/")):
+                problem = (f"{typed!r} is a path on this machine, which the pipeline's machines cannot "
+                           f"read; upload it (gcloud storage cp FILE gs://BUCKET/) and pass the gs:// URI")
+        if problem:
+            problems.append(f"{where}: parameter {name!r} {problem}")
+            continue
+        out[name] = typed
+    for name, param in params.items():
+        if param.required and name not in values:
+            problems.append(f"{template.path}: required parameter {name!r} has no value: "
+                            f"pass --parameter {name}=VALUE or put it in --parameter-file")
+    if problems:
+        raise UserError(f"{len(problems)} problem(s) with the parameter values; nothing was submitted:\n"
+                        + "\n".join(f"  {p}" for p in problems))
+    return out
+
+
+def resolve_parameters(template: Template, parameter_file: Optional[str] = None,
+                       assignments: Iterable[str] = (), remote: bool = False) -> dict[str, Any]:
+    """Values from `parameter_file`, overridden by `NAME=VALUE` assignments, checked (see above)."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if parameter_file:
+        for name, value in load_parameter_file(parameter_file).items():
+            values[name], sources[name] = value, parameter_file
+    overrides = parse_assignments(assignments)
+    for name, value in overrides.items():
+        values[name], sources[name] = value, f"--parameter {name}={value}"
+    return check_parameters(template, values, sources, raw_strings=overrides, remote=remote)

@@ -1,0 +1,132 @@
+"""What a PPO run leaves in its output directory, and how each piece is written (atomically).
+
+    <output_dir>/
+      policy_adapter/            adapter_config.json + adapter_model.safetensors (peft; load with
+                                 PeftModel.from_pretrained(base, dir)), value_head.safetensors,
+                                 ppo_config.json (settings, base model, tokenizer ids)
+      merged_model/              optional: the policy merged into the base, Hugging Face format
+      metrics.jsonl              one JSON object per step (namespaced names, as in TensorBoard)
+      summary.json               last value of every metric (what KFP Metrics gets)
+      tensorboard/               event files
+      samples/step-00000050.jsonl  sample generations at each checkpoint
+      checkpoints/step-00000050/   for exact resume (rlhf.checkpoint)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from rlhf import storage
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    root: str
+
+    def _p(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    @property
+    def adapter_dir(self) -> str:
+        return self._p("policy_adapter")
+
+    @property
+    def merged_dir(self) -> str:
+        return self._p("merged_model")
+
+    @property
+    def metrics_path(self) -> str:
+        return self._p("metrics.jsonl")
+
+    @property
+    def summary_path(self) -> str:
+        return self._p("summary.json")
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return self._p("tensorboard")
+
+    @property
+    def samples_dir(self) -> str:
+        return self._p("samples")
+
+    @property
+    def checkpoints_dir(self) -> str:
+        return self._p("checkpoints")
+
+    def samples_path(self, step: int) -> str:
+        return self._p("samples", f"step-{step:08d}.jsonl")
+
+
+def publish_dir(local_dir: str, uri: str) -> None:
+    """Put a finished local directory at ``uri`` so readers never see half of it: a local target is
+    swapped in by rename; a gs:// target is uploaded file by file (objects appear whole)."""
+    if storage.is_gcs(uri):
+        storage.upload_dir(local_dir, uri)
+        return
+    parent = os.path.dirname(os.path.abspath(uri))
+    os.makedirs(parent, exist_ok=True)
+    staged = tempfile.mkdtemp(dir=parent, prefix=".tmp-publish-")
+    shutil.rmtree(staged)
+    shutil.copytree(local_dir, staged)
+    old = None
+    if os.path.exists(uri):
+        old = tempfile.mkdtemp(dir=parent, prefix=".tmp-old-")
+        shutil.rmtree(old)
+        os.rename(uri, old)
+    os.rename(staged, uri)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_policy_adapter(model, uri: str, config, base_model: str, tokenizer) -> None:
+    """The trained policy adapter (peft layout, safetensors), the value head and the settings."""
+    from safetensors.torch import save_file
+    from rlhf.ppo.policy import POLICY
+    with tempfile.TemporaryDirectory(prefix="rlhf-adapter-") as tmp:
+        model.peft.save_pretrained(tmp, selected_adapters=[POLICY], safe_serialization=True)
+        # peft puts a non-default adapter in a subfolder named after it; flatten so the directory
+        # itself loads with PeftModel.from_pretrained.
+        out = os.path.join(tmp, "out")
+        shutil.move(os.path.join(tmp, POLICY), out)
+        cfg_path = os.path.join(out, "adapter_config.json")
+        with open(cfg_path) as f:
+            adapter_cfg = json.load(f)
+        adapter_cfg["base_model_name_or_path"] = base_model
+        with open(cfg_path, "w") as f:
+            json.dump(adapter_cfg, f, indent=2)
+        save_file({k.removeprefix("value_head."): v.detach().cpu().contiguous()
+                   for k, v in model.value_head.state_dict(keep_vars=True).items()},
+                  os.path.join(out, "value_head.safetensors"))
+        with open(os.path.join(out, "ppo_config.json"), "w") as f:
+            json.dump({"base_model": base_model, "value_model": model.value_model,
+                       "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+                       "config": dataclasses.asdict(config)}, f, indent=2, sort_keys=True)
+        publish_dir(out, uri)
+
+
+def save_merged_model(model, uri: str, tokenizer) -> None:
+    """The policy merged into the base weights, ready for serving. Consumes ``model`` (the merge
+    rewrites the shared base weights, so the reference is gone): call it last."""
+    from rlhf.ppo.policy import POLICY
+    merged = model.peft.merge_and_unload(adapter_names=[POLICY])
+    with tempfile.TemporaryDirectory(prefix="rlhf-merged-") as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        publish_dir(tmp, uri)
+
+
+def write_samples(uri: str, rows: Iterable[dict]) -> None:
+    with storage.open_write(uri, "wt") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_summary(uri: str, summary: dict, extra: Optional[dict] = None) -> None:
+    storage.write_json(uri, {**summary, **(extra or {})})

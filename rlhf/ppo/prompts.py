@@ -1,0 +1,90 @@
+"""Prompts for rollouts: encoded once, served in a seeded, resumable order, left-padded per batch."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import torch
+
+from rlhf.errors import UserError
+
+
+def load_prompt_ids(uri: str, tokenizer, max_length: int, instruction: Optional[str] = None,
+                    use_chat_template: Optional[bool] = None) -> tuple[list[list[int]], list[str]]:
+    """Read canonical prompts and encode them as the reward model saw its prompts.
+
+    Returns token ids (the last ``max_length`` kept) and the rendered prompt texts (for samples).
+    ``instruction`` is used for rows that carry none (a row's own instruction wins, as in the
+    reward step)."""
+    from rlhf.data import canonical
+    from rlhf.models import encode_prompt, render_prompt
+    rows = []
+    for path in _expand(uri):
+        rows.extend(canonical.read_prompts(path))
+    if not rows:
+        raise UserError(f"{uri}: no prompts; give the prompts JSONL that `rlhf validate` writes")
+    ids, texts = [], []
+    for row in rows:
+        if instruction and not row.instruction:
+            row = dataclasses.replace(row, instruction=instruction)
+        messages = canonical.prompt_messages(row)
+        ids.append(encode_prompt(tokenizer, messages, use_chat_template, max_length=max_length))
+        texts.append(render_prompt(tokenizer, messages, use_chat_template))
+    return ids, texts
+
+
+def _expand(uri: str) -> list[str]:
+    from rlhf import storage
+    return storage.expand(uri)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int,
+             device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask, so every prompt ends in the last column."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+class PromptSampler:
+    """Batches of prompt indices: a fresh seeded permutation per pass over the data, drawn from its
+    own generator so the order depends only on (seed, epoch) and resumes from ``state_dict()``."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if size <= 0:
+            raise UserError("no prompts to sample from")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.size, generator=g).tolist()
+
+    def next_batch(self) -> list[int]:
+        """The next ``batch_size`` indices for this rank (the global batch is ``batch_size ×
+        world_size``; wraps into the next epoch when the data runs out)."""
+        out = []
+        need = self.batch_size * self.world_size
+        while len(out) < need:
+            if self.position >= self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation(self.epoch)
+            take = min(need - len(out), self.size - self.position)
+            out.extend(self._order[self.position:self.position + take])
+            self.position += take
+        return out[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._permutation(self.epoch)

@@ -1,0 +1,331 @@
+"""The PPO loop (Ziegler et al. 2019; Ouyang et al. 2022; "N implementation details", Huang et al. 2022).
+
+Each step:
+1. **rollout**: sample `batch_size` prompts, generate with the KV cache (`rollout.generate`), keeping
+   the sampled tokens' log-probs, entropies and (value head) values;
+2. **reference**: log-probs of the same tokens with every adapter disabled (skipped when
+   `kl_coeff` is 0: no KL term, no pass);
+3. **scoring**: the reward model at each response's last token, normalized with its saved statistics;
+   responses without EOS lose `missing_eos_penalty`;
+4. **advantages**: per-token reward −β·KL plus the score on the last token, optional reward
+   whitening, GAE(γ, λ), advantage whitening;
+5. **update**: `ppo_epochs` passes over shuffled minibatches: clipped policy loss + c1·clipped value
+   loss + c2·entropy loss, gradient clipping, AdamW;
+6. **control**: the adaptive KL controller moves β; metrics (namespaced) to logs, TensorBoard and
+   metrics.jsonl with the time split; a checkpoint and sample generations every `checkpoint_every`.
+
+A non-finite score, loss or gradient stops the run before anything of that step is saved, with a
+message naming the value; the last good checkpoint stays and the outputs are not written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from rlhf import checkpoint
+from rlhf.errors import UserError
+from rlhf.ppo.config import PPOConfig
+from rlhf.ppo.gae import gae
+from rlhf.ppo.kl import kl_penalty, make_controller
+from rlhf.ppo.losses import entropy_loss, policy_loss, value_loss
+from rlhf.ppo.outputs import OutputLayout, write_samples
+from rlhf.ppo.policy import SharedBaseModel
+from rlhf.ppo.prompts import PromptSampler, left_pad
+from rlhf.ppo.rollout import Rollout, generate
+from rlhf.ppo.whiten import masked_mean, masked_whiten
+from rlhf.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+# A reward function maps a rollout to one score per row (already normalized).
+RewardFn = Callable[[Rollout], torch.Tensor]
+
+# Settings that may change between a run and its resumption without changing the result so far.
+_RESUME_FREE = {"output_dir", "reinforcement_learning_train_steps", "checkpoint_every", "sample_count",
+                "save_merged_model", "log_every", "device", "prompt_dataset", "reward_model"}
+
+SHOWN = ["reward/mean", "policy/kl", "objective/kl_coeff", "loss/policy", "loss/value",
+         "response/length", "perf/tokens_per_s", "time/generation_s", "time/scoring_s", "time/training_s"]
+
+
+class NonFiniteError(UserError):
+    """A NaN or inf in rewards, losses or gradients."""
+
+
+def config_fingerprint(config: PPOConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUME_FREE}
+
+
+class _Timer:
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+class PPOTrainer:
+    """Runs `config.reinforcement_learning_train_steps` PPO steps on `model`.
+
+    `prompt_ids` are encoded prompts (`prompts.load_prompt_ids`); `reward_fn` scores rollouts
+    (`rlhf.ppo.reward`); `layout` says where metrics, samples and checkpoints go.
+    `rank`/`world_size` > 1: data parallel (each rank samples its own `batch_size` episodes,
+    gradients are averaged with torch.distributed before each optimizer step).
+    """
+
+    def __init__(self, config: PPOConfig, model: SharedBaseModel, tokenizer, prompt_ids: Sequence[list[int]],
+                 reward_fn: RewardFn, layout: OutputLayout, prompt_texts: Optional[Sequence[str]] = None,
+                 rank: int = 0, world_size: int = 1):
+        self.cfg = config.validate()
+        self.model, self.tokenizer, self.reward_fn, self.layout = model, tokenizer, reward_fn, layout
+        self.prompt_ids, self.prompt_texts = list(prompt_ids), prompt_texts
+        self.rank, self.world_size = rank, world_size
+        self.device = model.device
+        self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+        if self.eos_id is None:
+            raise UserError("the tokenizer has no EOS token: responses could never end")
+        self.optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.learning_rate,
+                                           eps=1e-5, weight_decay=0.0)  # eps as lm-human-preferences
+        self.kl_ctl = make_controller(config.kl_coeff, config.adaptive_kl, config.kl_target, config.kl_horizon)
+        self.sampler = PromptSampler(len(self.prompt_ids), config.batch_size, config.seed, rank, world_size)
+        self.is_main = rank == 0
+        self.tracker = Tracker(total_steps=config.reinforcement_learning_train_steps,
+                               tensorboard_dir=layout.tensorboard_dir if self.is_main else None,
+                               jsonl_path=layout.metrics_path if self.is_main else None,
+                               log_every=config.log_every, show=SHOWN, item_name="episodes")
+        self.timer = _Timer(self.device)
+        self.step = 0
+        self.last_checkpoint: Optional[str] = None
+
+    # -- resume ---------------------------------------------------------------------------------
+
+    def resume(self) -> int:
+        """Restore the newest checkpoint under the output directory, if any; returns its step."""
+        path = checkpoint.latest(self.layout.checkpoints_dir)
+        if path is None:
+            return 0
+        saved = json.loads(json.dumps(checkpoint.load(path, restore_rng=False).state))
+        mine = json.loads(json.dumps(config_fingerprint(self.cfg)))
+        if saved.get("config") != mine:
+            changed = sorted(k for k in set(mine) | set(saved.get("config", {}))
+                             if mine.get(k) != saved.get("config", {}).get(k))
+            raise UserError(f"{self.layout.root} holds a checkpoint of a run with other settings "
+                            f"({', '.join(changed)}): resume with the same settings, or use a new "
+                            f"output directory")
+        ckpt = checkpoint.load(path, optimizer=self.optimizer)  # restores the RNG states too
+        self.model.load_trainable_state_dict(ckpt.trainable)
+        self.kl_ctl.load_state_dict(ckpt.state["kl_controller"])
+        self.sampler.load_state_dict(ckpt.state["sampler"])
+        self.tracker.load_state_dict(ckpt.state["tracker"], ckpt.step)
+        self.step, self.last_checkpoint = ckpt.step, path
+        log.info("resumed from %s (step %d)", path, ckpt.step)
+        return ckpt.step
+
+    def save_checkpoint(self) -> None:
+        if not self.is_main:
+            return
+        self.last_checkpoint = checkpoint.save(
+            self.layout.checkpoints_dir, self.step, trainable=self.model.trainable_state_dict(),
+            optimizer=self.optimizer,
+            state={"config": config_fingerprint(self.cfg), "kl_controller": self.kl_ctl.state_dict(),
+                   "sampler": self.sampler.state_dict(), "tracker": self.tracker.state_dict()})
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, float]:
+        total = self.cfg.reinforcement_learning_train_steps
+        every = self.cfg.checkpoint_every
+        try:
+            while self.step < total:
+                metrics = self.ppo_step()
+                self.step += 1
+                self.tracker.log(self.step, metrics, items=self.cfg.batch_size * self.world_size)
+                if self.step == total or (every and self.step % every == 0):
+                    self.write_samples()
+                    self.save_checkpoint()
+        finally:
+            self.tracker.close()
+        return self.tracker.summary()
+
+    def _encode_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return left_pad([self.prompt_ids[i] for i in indices], self.pad_id, self.device)
+
+    def rollout(self, indices: Sequence[int]) -> Rollout:
+        ids, mask = self._encode_batch(indices)
+        return generate(self.model, ids, mask, self.cfg.target_sequence_length, self.eos_id, self.pad_id,
+                        self.cfg.temperature, self.cfg.top_k, self.cfg.top_p)
+
+    def _check(self, name: str, value: torch.Tensor) -> None:
+        if not bool(torch.isfinite(value).all()):
+            where = (f"the last good checkpoint is {self.last_checkpoint}; a restart resumes from it"
+                     if self.last_checkpoint else "no checkpoint was written yet")
+            raise NonFiniteError(
+                f"step {self.step + 1}: {name} is not finite ({value.flatten()[:4].tolist()}...). The run "
+                f"stopped without saving this step; {where}. Usual causes: a learning rate too high "
+                f"(--reinforcement-learning-rate-multiplier), fp16 overflow (use bf16 or fp32), or a "
+                f"reward model that returns NaN; change one before restarting.")
+
+    def score(self, rollout: Rollout) -> torch.Tensor:
+        scores = self.reward_fn(rollout).to(self.device, torch.float32)
+        self._check("reward", scores)
+        if self.cfg.missing_eos_penalty is not None:
+            scores = scores - self.cfg.missing_eos_penalty * (~rollout.ended).to(scores.dtype)
+        return scores
+
+    def ppo_step(self) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        t0 = self.timer.now()
+        r = self.rollout(self.sampler.next_batch())
+        t_gen = self.timer.now()
+        mask = r.response_mask
+        use_kl = self.kl_ctl.value > 0 or cfg.adaptive_kl
+        ref_logprobs = (model.reference_logprobs(r.input_ids, r.attention_mask, r.prompt_width, cfg.temperature)
+                        if use_kl else None)
+        if model.value_model == "adapter":
+            with torch.no_grad():
+                r.values = model.value_pass(r.input_ids, r.attention_mask, r.prompt_width) * mask
+        t_ref = self.timer.now()
+        scores = self.score(r)
+        t_score = self.timer.now()
+
+        with torch.no_grad():
+            kl = kl_penalty(r.logprobs, ref_logprobs, cfg.kl_estimator) * mask if use_kl else torch.zeros_like(mask)
+            non_score = -self.kl_ctl.value * kl
+            rewards = non_score.clone()
+            rows = torch.arange(mask.shape[0], device=mask.device)
+            rewards[rows, (r.lengths - 1).clamp(min=0)] += scores
+            if cfg.whiten_rewards:
+                rewards = masked_whiten(rewards, mask, shift_mean=False)
+            advantages, returns = gae(rewards, r.values, mask, cfg.gamma, cfg.lam)
+            advantages = masked_whiten(advantages, mask)
+            self._check("advantages", advantages)
+        stats = self.update(r, advantages, returns)
+        t_train = self.timer.now()
+
+        seq_kl = kl.sum(1).mean().item()
+        self.kl_ctl.update(seq_kl, cfg.batch_size * self.world_size)
+        tokens = float(mask.sum())
+        step_s = t_train - t0
+        metrics = {
+            "reward/mean": scores.mean().item(),
+            "reward/std": scores.std().item() if scores.numel() > 1 else 0.0,
+            "reward/total": (scores + non_score.sum(1)).mean().item(),
+            "objective/kl_coeff": self.kl_ctl.value,
+            "policy/entropy": masked_mean(r.entropy, mask).item(),
+            "response/length": r.lengths.float().mean().item(),
+            "response/eos_fraction": r.ended.float().mean().item(),
+            "value/mean": masked_mean(r.values, mask).item(),
+            **stats,
+            "perf/tokens_per_s": tokens / step_s,
+            "perf/episodes_per_s": mask.shape[0] / step_s,
+            "perf/generation_tokens_per_s": tokens / max(t_gen - t0, 1e-9),
+            "time/generation_s": t_gen - t0,
+            "time/reference_s": t_ref - t_gen,
+            "time/scoring_s": t_score - t_ref,
+            "time/training_s": t_train - t_score,
+            "time/step_s": step_s,
+        }
+        if use_kl:
+            metrics["policy/kl"] = seq_kl
+        return metrics
+
+    def update(self, r: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        batch = r.response_ids.shape[0]
+        micro = cfg.mini_batch_size // cfg.gradient_accumulation_steps
+        sums: dict[str, float] = {}
+        count, norms = 0, []
+        params = model.trainable_parameters()
+        input_ids, attention_mask = r.input_ids, r.attention_mask
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(batch).to(self.device)
+            for start in range(0, batch, cfg.mini_batch_size):
+                mb = order[start:start + cfg.mini_batch_size]
+                for m0 in range(0, len(mb), micro):
+                    idx = mb[m0:m0 + micro]
+                    loss, parts = self._loss(input_ids[idx], attention_mask[idx], r, idx, advantages[idx],
+                                             returns[idx], r.prompt_width)
+                    self._check("loss/total", loss.detach())
+                    (loss / cfg.gradient_accumulation_steps).backward()
+                    for k, v in parts.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    count += 1
+                self._all_reduce_grads(params)
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+                self._check("gradient norm", norm)
+                norms.append(float(norm))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self._mark_step()
+        out = {k: v / max(count, 1) for k, v in sums.items()}
+        out["optim/grad_norm"] = sum(norms) / max(len(norms), 1)
+        out["optim/lr"] = self.optimizer.param_groups[0]["lr"]
+        return out
+
+    def _loss(self, input_ids, attention_mask, r: Rollout, idx, advantages, returns, prompt_width):
+        cfg, model = self.cfg, self.model
+        mask = r.response_mask[idx]
+        logprobs, entropy, values = model.response_pass(input_ids, attention_mask, prompt_width, cfg.temperature,
+                                                        with_entropy=cfg.ent_coef > 0)
+        if model.value_model == "adapter":
+            values = model.value_pass(input_ids, attention_mask, prompt_width)
+        pg_loss, pg = policy_loss(logprobs, r.logprobs[idx], advantages, mask, cfg.cliprange)
+        vf_loss, vf = value_loss(values, r.values[idx], returns, mask, cfg.cliprange_value)
+        loss = pg_loss + cfg.vf_coef * vf_loss
+        parts = {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(),
+                 "policy/clipfrac": pg["clipfrac"].item(), "policy/approx_kl": pg["approx_kl"].item(),
+                 "value/clipfrac": vf["clipfrac"].item()}
+        if cfg.ent_coef > 0:
+            ent_loss = entropy_loss(entropy, mask)
+            loss = loss + cfg.ent_coef * ent_loss
+            parts["loss/entropy"] = ent_loss.item()
+        parts["loss/total"] = loss.item()
+        return loss, parts
+
+    def _all_reduce_grads(self, params) -> None:
+        if self.world_size <= 1:
+            return
+        import torch.distributed as dist
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world_size
+
+    def _mark_step(self) -> None:
+        if self.device.type == "xla":
+            import torch_xla.core.xla_model as xm
+            xm.mark_step()
+
+    # -- samples --------------------------------------------------------------------------------
+
+    def write_samples(self) -> None:
+        """Generations for the first `sample_count` prompts, seeded by the step so they never
+        disturb the training random stream."""
+        n = min(self.cfg.sample_count, len(self.prompt_ids))
+        if not self.is_main or n == 0:
+            return
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.seed + self.step)
+            r = self.rollout(list(range(n)))
+            scores = self.reward_fn(r).float().cpu()
+        rows = []
+        for i in range(n):
+            length = int(r.lengths[i])
+            ids = r.response_ids[i, :length].tolist()
+            rows.append({"step": self.step,
+                         "prompt": self.prompt_texts[i] if self.prompt_texts else None,
+                         "response": self.tokenizer.decode(ids, skip_special_tokens=True),
+                         "response_tokens": length, "ended_with_eos": bool(r.ended[i]),
+                         "score": float(scores[i])})
+        write_samples(self.layout.samples_path(self.step), rows)

@@ -1,0 +1,100 @@
+"""Score (prompt, response) pairs with a trained reward model, in batches.
+
+    scorer = RewardScorer("gs://bucket/run/reward_model")
+    scores = scorer.score([[{"role": "user", "content": "Hi"}]], ["Hello! How can I help?"])
+    scores.raw, scores.normalized          # numpy arrays, one value per response
+
+Prompts are encoded as during training (chat template or plain text, the same length limits and
+instruction), responses get EOS, and the reward is read at the last token. ``normalized`` is
+``(raw − mean) / std`` with the statistics saved at training time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from rlhf import models
+from rlhf.data.canonical import Prompt, prompt_messages
+from rlhf.reward import outputs
+from rlhf.reward.batching import collate_sequences
+from rlhf.reward.modeling import score_sequences
+
+
+@dataclass
+class Scores:
+    raw: np.ndarray
+    normalized: np.ndarray
+
+
+class RewardScorer:
+    """A trained reward model ready to score.
+
+    Args:
+        model_dir: output of ``rlhf train-reward`` (local, /gcs/ or gs://).
+        base_model: override the base model reference saved in ``reward_model.json`` (e.g. when
+            the base was a local directory that has since moved).
+        device, dtype: as ``rlhf.models.load_causal_lm``; default: CUDA if present, bf16 there.
+        batch_size: sequences per forward pass.
+    """
+
+    def __init__(self, model_dir: str, base_model: Optional[str] = None, device=None, dtype=None,
+                 batch_size: int = 16):
+        from transformers import AutoTokenizer
+        local = outputs.local_copy(model_dir)
+        self.info = outputs.read_info(local)
+        self.mean, self.std = outputs.normalization(self.info)
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(local)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "right"
+        pad = self.tokenizer.pad_token_id
+        if self.info.get("merged") and base_model is None:
+            self.model = models.load_sequence_classifier(f"{local}/{self.info['merged']}", dtype=dtype,
+                                                         device=device, pad_token_id=pad)
+        else:
+            from peft import PeftModel
+            base = models.load_sequence_classifier(base_model or self.info["base_model"], dtype=dtype,
+                                                   device=device, pad_token_id=pad)
+            # Merged once here: inference then runs at the base model's speed.
+            self.model = PeftModel.from_pretrained(base, local).merge_and_unload()
+        self.model.eval()
+        self.device = next(self.model.parameters()).device
+
+    def encode(self, messages: Sequence[dict], response: str) -> list[int]:
+        ids = models.encode_prompt(self.tokenizer, messages, self.info["use_chat_template"],
+                                   self.info["prompt_sequence_length"])
+        return ids + models.encode_response(self.tokenizer, response, self.info["target_sequence_length"])
+
+    def score(self, conversations: Sequence[Sequence[dict]], responses: Sequence[str]) -> Scores:
+        """Rewards of ``responses[i]`` as the reply to ``conversations[i]`` (a list of messages;
+        the instruction saved at training time, if any, is prepended to the first user turn)."""
+        instruction = self.info.get("instruction") or None
+        return self.score_rows([Prompt(list(c), instruction=instruction) for c in conversations], responses)
+
+    def score_rows(self, rows: Sequence, responses: Sequence[str]) -> Scores:
+        """Rewards for canonical rows (``Prompt``, ``EvalExample``, ``PreferencePair``); a row
+        without its own instruction gets the one saved at training time, as in training."""
+        default = self.info.get("instruction") or None
+        messages = [prompt_messages(r if r.instruction or not default else dataclasses.replace(r, instruction=default))
+                    for r in rows]
+        return self.score_messages(messages, responses)
+
+    @torch.no_grad()
+    def score_messages(self, messages: Sequence[Sequence[dict]], responses: Sequence[str]) -> Scores:
+        """Rewards for prompts given as final message lists (instruction already applied)."""
+        if len(messages) != len(responses):
+            raise ValueError("need one prompt per response")
+        seqs = [self.encode(m, r) for m, r in zip(messages, responses)]
+        raw = np.empty(len(seqs))
+        order = np.argsort([len(s) for s in seqs], kind="stable")  # similar lengths, little padding
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            batch = collate_sequences([seqs[i] for i in idx], self.tokenizer.pad_token_id)
+            raw[idx] = score_sequences(self.model, batch["input_ids"], batch["attention_mask"]).float().cpu().numpy()
+        return Scores(raw=raw, normalized=(raw - self.mean) / self.std)

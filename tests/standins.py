@@ -1,0 +1,239 @@
+"""Local HTTP stand-ins of the Vertex AI and Kubeflow Pipelines REST APIs.
+
+They answer just enough of each API for the real clients (`google.cloud.aiplatform` with
+`api_transport="rest"`, `kfp.Client`) to submit a run, poll it, upload a model and deploy it, and
+they record every request (method, path, query, JSON body) so a test can assert on exactly what
+was sent. Each runs in a thread on a free 127.0.0.1 port:
+
+    with VertexStandIn() as vertex:
+        ... aiplatform.init(api_endpoint=vertex.url, api_transport="rest", ...)
+        assert vertex.requests[0].body["runtimeConfig"]["parameterValues"] == {...}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: Any
+
+
+@dataclass
+class _Route:
+    method: str
+    pattern: re.Pattern
+    handler: Callable[..., tuple[int, Any]]
+
+
+class StandIn:
+    """A threaded HTTP server answering JSON routes and recording every request."""
+
+    def __init__(self):
+        self.requests: list[Request] = []
+        self._routes: list[_Route] = []
+        self._server: Optional[ThreadingHTTPServer] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def route(self, method: str, pattern: str, handler: Callable[..., tuple[int, Any]]) -> None:
+        self._routes.append(_Route(method, re.compile(pattern + r"$"), handler))
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def requests_to(self, method: str, path_regex: str) -> list[Request]:
+        return [r for r in self.requests if r.method == method and re.search(path_regex, r.path)]
+
+    def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        parts = urlsplit(handler.path)
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            body = raw.decode("utf-8", "replace")
+        request = Request(method, parts.path, parse_qs(parts.query), body)
+        self.requests.append(request)
+        for route in self._routes:
+            match = route.pattern.match(parts.path)
+            if route.method == method and match:
+                status, payload = route.handler(request, *match.groups())
+                break
+        else:
+            status, payload = 404, {"error": {"code": 404, "message": f"no stand-in route for {method} {parts.path}",
+                                               "status": "NOT_FOUND"}}
+        data = json.dumps(payload).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def start(self) -> "StandIn":
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer._handle(self, "GET")
+
+            def do_POST(self):
+                outer._handle(self, "POST")
+
+            def do_DELETE(self):
+                outer._handle(self, "DELETE")
+
+            def do_PATCH(self):
+                outer._handle(self, "PATCH")
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+_LOC = r"/v1/projects/([^/]+)/locations/([^/]+)"
+
+
+class VertexStandIn(StandIn):
+    """`pipelineJobs` create/get, `models:upload`, `endpoints` create and `deployModel`, and the
+    long-running operations they return (done at once). `final_state` is what a polled job reports."""
+
+    def __init__(self, final_state: str = "PIPELINE_STATE_SUCCEEDED"):
+        super().__init__()
+        self.final_state = final_state
+        self.jobs: dict[str, dict] = {}
+        self.models: dict[str, dict] = {}
+        self.endpoints: dict[str, dict] = {}
+        self.route("POST", _LOC + r"/pipelineJobs", self._create_job)
+        self.route("GET", _LOC + r"/pipelineJobs/([^/]+)", self._get_job)
+        self.route("POST", _LOC + r"/models:upload", self._upload_model)
+        self.route("GET", _LOC + r"/models/([^/:]+)", self._get_model)
+        self.route("POST", _LOC + r"/endpoints", self._create_endpoint)
+        self.route("GET", _LOC + r"/endpoints/([^/:]+)", self._get_endpoint)
+        self.route("POST", _LOC + r"/endpoints/([^/:]+):deployModel", self._deploy_model)
+
+    def _create_job(self, request, project, location):
+        job_id = (request.query.get("pipelineJobId") or [uuid.uuid4().hex[:12]])[0]
+        name = f"projects/{project}/locations/{location}/pipelineJobs/{job_id}"
+        job = dict(request.body or {}, name=name, state="PIPELINE_STATE_RUNNING",
+                   createTime="2024-01-01T00:00:00Z")
+        self.jobs[name] = job
+        return 200, job
+
+    def _get_job(self, request, project, location, job_id):
+        name = f"projects/{project}/locations/{location}/pipelineJobs/{job_id}"
+        if name not in self.jobs:
+            return 404, {"error": {"code": 404, "message": f"{name} not found", "status": "NOT_FOUND"}}
+        job = dict(self.jobs[name], state=self.final_state)
+        if self.final_state == "PIPELINE_STATE_FAILED":
+            job["error"] = {"code": 9, "message": "a task failed"}
+        return 200, job
+
+    @staticmethod
+    def _operation(name: str, response: dict, type_url: str) -> dict:
+        return {"name": f"{name}/operations/{uuid.uuid4().hex[:8]}", "done": True,
+                "response": dict(response, **{"@type": type_url})}
+
+    def _upload_model(self, request, project, location):
+        model_id = str(len(self.models) + 1000)
+        name = f"projects/{project}/locations/{location}/models/{model_id}"
+        model = dict((request.body or {}).get("model", {}), name=name, versionId="1")
+        self.models[name] = model
+        return 200, self._operation(name, {"model": name, "modelVersionId": "1"},
+                                    "type.googleapis.com/google.cloud.aiplatform.v1.UploadModelResponse")
+
+    def _get_model(self, request, project, location, model_id):
+        name = f"projects/{project}/locations/{location}/models/{model_id}"
+        return (200, self.models[name]) if name in self.models else (404, {"error": {"code": 404}})
+
+    def _create_endpoint(self, request, project, location):
+        endpoint_id = str(len(self.endpoints) + 2000)
+        name = f"projects/{project}/locations/{location}/endpoints/{endpoint_id}"
+        endpoint = dict(request.body or {}, name=name)
+        self.endpoints[name] = endpoint
+        return 200, self._operation(name, endpoint, "type.googleapis.com/google.cloud.aiplatform.v1.Endpoint")
+
+    def _get_endpoint(self, request, project, location, endpoint_id):
+        name = f"projects/{project}/locations/{location}/endpoints/{endpoint_id}"
+        return (200, self.endpoints[name]) if name in self.endpoints else (404, {"error": {"code": 404}})
+
+    def _deploy_model(self, request, project, location, endpoint_id):
+        name = f"projects/{project}/locations/{location}/endpoints/{endpoint_id}"
+        deployed = dict((request.body or {}).get("deployedModel", {}), id=uuid.uuid4().hex[:8])
+        self.endpoints[name].setdefault("deployedModels", []).append(deployed)
+        return 200, self._operation(name, {"deployedModel": deployed},
+                                    "type.googleapis.com/google.cloud.aiplatform.v1.DeployModelResponse")
+
+
+class KfpStandIn(StandIn):
+    """The KFP v2beta1 REST API: healthz, experiments (list, create), runs (create, get)."""
+
+    def __init__(self, final_state: str = "SUCCEEDED"):
+        super().__init__()
+        self.final_state = final_state
+        self.experiments: dict[str, dict] = {}
+        self.runs: dict[str, dict] = {}
+        base = r"/apis/v2beta1"
+        self.route("GET", base + r"/healthz", lambda r: (200, {"commit_sha": "standin", "tag_name": "2.4.0",
+                                                               "multi_user": False}))
+        self.route("GET", base + r"/experiments", self._list_experiments)
+        self.route("POST", base + r"/experiments", self._create_experiment)
+        self.route("GET", base + r"/experiments/([^/]+)", self._get_experiment)
+        self.route("POST", base + r"/runs", self._create_run)
+        self.route("GET", base + r"/runs/([^/]+)", self._get_run)
+
+    def _list_experiments(self, request):
+        wanted = None
+        raw_filter = (request.query.get("filter") or [None])[0]
+        if raw_filter:
+            for predicate in json.loads(raw_filter).get("predicates", []):
+                if predicate.get("key") == "display_name":
+                    wanted = predicate.get("string_value") or predicate.get("stringValue")
+        found = [e for e in self.experiments.values() if wanted is None or e["display_name"] == wanted]
+        return 200, {"experiments": found, "total_size": len(found)} if found else {}
+
+    def _create_experiment(self, request):
+        experiment_id = uuid.uuid4().hex[:12]
+        experiment = dict(request.body or {}, experiment_id=experiment_id)
+        self.experiments[experiment_id] = experiment
+        return 200, experiment
+
+    def _get_experiment(self, request, experiment_id):
+        return 200, self.experiments[experiment_id]
+
+    def _create_run(self, request):
+        run_id = uuid.uuid4().hex[:12]
+        run = dict(request.body or {}, run_id=run_id, state="RUNNING", created_at="2024-01-01T00:00:00Z")
+        self.runs[run_id] = run
+        return 200, run
+
+    def _get_run(self, request, run_id):
+        return 200, dict(self.runs[run_id], state=self.final_state, finished_at="2024-01-01T00:01:00Z")

@@ -1,0 +1,189 @@
+"""The CPU image, for real: components run inside it through KFP's own executor.
+
+The image is built by `.ci/container_test.sh` (or `make test-container`) with podman; these tests
+then use kfp.local's DockerRunner against podman's Docker-compatible socket, exactly as a user runs
+the pipeline's containers locally, and check the outputs on the host. They need podman and the
+image, and fail (never skip) without them; deselect them with `pytest -m "not container"`.
+
+Environment: RLHF_TEST_IMAGE (default localhost/rlhf-cpu:test); DOCKER_HOST to use a running
+Docker-compatible API (else a `podman system service` is started here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from rlhf import __version__, samples
+from rlhf.data.validate import ValidateConfig, ValidationOutputs, run_validation
+
+pytestmark = pytest.mark.container
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGE = os.environ.get("RLHF_TEST_IMAGE", "localhost/rlhf-cpu:test")
+HOW = ("run .ci/container_test.sh (as root on Debian it installs podman and builds the image) or "
+       "`make test-container`; deselect these tests with -m 'not container'")
+
+
+def _podman(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    if shutil.which("podman") is None:
+        pytest.fail(f"podman is not installed, so the container image cannot be tested: {HOW}")
+    if _podman("image", "exists", IMAGE).returncode != 0:
+        pytest.fail(f"image {IMAGE} does not exist: {HOW} (or set RLHF_TEST_IMAGE)")
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def docker_host(image, tmp_path_factory):
+    """A Docker-compatible API for kfp's DockerRunner: $DOCKER_HOST, else podman's own service."""
+    if os.environ.get("DOCKER_HOST"):
+        yield os.environ["DOCKER_HOST"]
+        return
+    sock = tmp_path_factory.mktemp("podman") / "podman.sock"
+    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        if service.poll() is not None or time.monotonic() > deadline:
+            service.kill()
+            pytest.fail(f"podman system service did not start: {service.communicate()[1][-2000:]}")
+        time.sleep(0.2)
+    try:
+        yield f"unix://{sock}"
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+
+
+def _run_in_kfp(code: str, tmp_path: Path, docker_host: str, image: str) -> subprocess.CompletedProcess:
+    """Run `code` after kfp.local.init(DockerRunner) in a fresh interpreter: components.image reads
+    RLHF_CPU_IMAGE when it is first imported, so the component's base_image is the image under test."""
+    prelude = textwrap.dedent(f"""
+        import json, kfp.local
+        from components.validate import validate_data
+        # No network in the container: the image alone must hold everything a step needs.
+        kfp.local.init(runner=kfp.local.DockerRunner(network_mode="none"),
+                       pipeline_root={str(tmp_path / "root")!r})
+    """)
+    env = dict(os.environ, RLHF_CPU_IMAGE=image, DOCKER_HOST=docker_host, TMPDIR=str(tmp_path))
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    # The pipeline root is bind-mounted into the container, whose user (uid 1000) writes the outputs.
+    path = tmp_path / "root"
+    path.mkdir()
+    path.chmod(0o777)
+    return path
+
+
+def test_image_is_pinned_non_root_and_holds_the_default_model(image):
+    probe = textwrap.dedent("""
+        import json, os, shutil, sys
+        from importlib import metadata
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from rlhf import __version__, models
+        path = models.resolve_model()
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path)
+        ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                      add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+        print(json.dumps({
+            "uid": os.getuid(), "version": __version__, "model_path": path,
+            "cache": os.environ["RLHF_CACHE"], "cuda": torch.version.cuda,
+            "answer": tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True),
+            "dists": {d.metadata["Name"].lower().replace("_", "-"): d.version
+                      for d in metadata.distributions()},
+            "pip_cache": os.path.exists(os.path.expanduser("~/.cache/pip")),
+            "compilers": [c for c in ("gcc", "cc", "g++", "make") if shutil.which(c)],
+        }))
+    """)
+    done = _podman("run", "--rm", "--network", "none", image, "python3", "-c", probe)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert got["uid"] != 0, "the image must run as a non-root user"
+    assert got["version"] == __version__, "the image was built from another version of the code"
+    # The default model was converted at build time: it resolves offline, from the image's cache,
+    # and it is the real SmolLM2 (a random or broken checkpoint would not know this).
+    assert got["model_path"] == f"{got['cache']}/models/smollm2-135m-instruct"
+    assert "paris" in got["answer"].lower(), got["answer"]
+    assert got["cuda"] is None, "the CPU image must carry the CPU build of torch"
+    assert not got["pip_cache"] and not got["compilers"]
+
+    # Exactly the pinned versions, and nothing unpinned besides torch, pip and the project.
+    pins = dict(line.split("==") for line in (REPO / "containers" / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    dists = got["dists"]
+    wrong = {n: (v, dists.get(n)) for n, v in pins.items() if dists.get(n) != v}
+    assert not wrong, f"(pinned, installed) differ: {wrong}"
+    assert set(dists) - set(pins) == {"torch", "pip", "rlhf-pipeline"}
+
+
+def test_validation_component_runs_in_the_image(image, docker_host, root, tmp_path):
+    data = root / "data"
+    data.mkdir()
+    inputs = {}
+    for kind, src in (("preference", samples.preference_dataset()), ("prompt", samples.prompt_dataset()),
+                      ("eval", samples.eval_dataset())):
+        inputs[kind] = str(shutil.copy(src, data / Path(src).name))
+
+    done = _run_in_kfp(f"""
+        task = validate_data(preference_dataset={inputs["preference"]!r},
+                             prompt_dataset={inputs["prompt"]!r}, eval_dataset={inputs["eval"]!r},
+                             instruction={samples.INSTRUCTION!r}, tokenizer="smollm2-135m-instruct")
+        print(json.dumps({{name: {{"path": a.path, "metadata": a.metadata}}
+                          for name, a in task.outputs.items()}}))
+    """, tmp_path, docker_host, image)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"Found image '{image}'" in done.stdout, "the task did not run in the image under test"
+    outputs = json.loads(done.stdout.strip().splitlines()[-1])
+
+    # The same validation on the host, as the reference for what the container wrote.
+    expected = tmp_path / "host"
+    config = ValidateConfig(preference_dataset=inputs["preference"], prompt_dataset=inputs["prompt"],
+                            eval_dataset=inputs["eval"], instruction=samples.INSTRUCTION,
+                            tokenizer="smollm2-135m-instruct")
+    report = run_validation(config, ValidationOutputs.in_dir(str(expected)))
+    assert report.ok and report.outputs is not None
+    for name, host_path in (("preference_data", report.outputs.preference),
+                            ("prompt_data", report.outputs.prompts), ("eval_data", report.outputs.eval)):
+        written = Path(outputs[name]["path"])
+        assert written.read_bytes() == Path(host_path).read_bytes(), f"{name} differs from the host's"
+        assert written.stat().st_size > 0
+        assert written.stat().st_uid != 0, "the component ran as root in the container"
+    assert json.loads(Path(outputs["stats"]["path"]).read_text()) == report.stats
+    assert outputs["metrics"]["metadata"] == pytest.approx(report.metrics)
+    assert report.stats["datasets"]["preference"]  # token statistics need the baked tokenizer
+    assert Path(outputs["summary"]["path"]).read_text().strip()
+
+
+def test_invalid_data_fails_the_task_with_file_and_line(image, docker_host, root, tmp_path):
+    bad = root / "bad.jsonl"
+    good = {"input_text": "A post about a lost cat.", "candidate_0": "Cat lost.", "candidate_1": "A cat."}
+    bad.write_text(json.dumps({**good, "choice": 0}) + "\n" + json.dumps({**good, "choice": "1"}) + "\n")
+
+    done = _run_in_kfp(f"""
+        validate_data(preference_dataset={str(bad)!r})
+    """, tmp_path, docker_host, image)
+    log = done.stdout + done.stderr
+    assert done.returncode != 0, "invalid data must fail the task: " + log[-3000:]
+    assert f"{bad}:2:" in log, log[-3000:]  # the problem as URI:LINE, printed inside the container
+    assert f"Found image '{image}'" in log

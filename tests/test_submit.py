@@ -1,0 +1,199 @@
+"""`rlhf submit` through the real clients (google-cloud-aiplatform over REST, kfp.Client) to local
+stand-ins of the Vertex `pipelineJobs` API and the KFP v2beta1 API, asserting on what they received;
+and bad parameter values that must send nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from rlhf import cli
+from rlhf.commands.compile import compile_pipeline
+from standins import KfpStandIn, VertexStandIn
+
+KMS_KEY = "projects/p1/locations/us-central1/keyRings/ring/cryptoKeys/key"
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory):
+    out = tmp_path_factory.mktemp("templates")
+    return {target: compile_pipeline(target, str(out / f"{target}.yaml")) for target in ("vertex", "kfp")}
+
+
+@pytest.fixture
+def vertex(gcs_emulator):
+    # STORAGE_EMULATOR_HOST (set by gcs_emulator) answers submit()'s pipeline-root bucket check.
+    with VertexStandIn() as standin:
+        yield standin
+
+
+@pytest.fixture
+def kfp_api():
+    with KfpStandIn() as standin:
+        yield standin
+
+
+def _vertex_args(template, vertex, *extra):
+    return ["submit", "--template", template, "--project", "p1", "--location", "us-central1",
+            "--pipeline-root", "gs://rlhf-test-bucket/runs", "--api-endpoint", vertex.url, *extra]
+
+
+GOOD = ["--parameter", "preference_dataset=gs://rlhf-test-bucket/data/pref.jsonl",
+        "--parameter", "prompt_dataset=gs://rlhf-test-bucket/data/prompts.jsonl",
+        "--parameter", "large_model_reference=smollm2-135m-instruct"]
+
+
+def test_vertex_submit_sends_the_template_values_and_options(templates, vertex, tmp_path, capsys):
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"reward_model_train_steps": 50, "kl_coeff": 0.2, "deploy_model": False,
+                                  "instruction": "Summarize in less than 50 words."}))
+    code = cli.main(_vertex_args(
+        templates["vertex"], vertex, *GOOD, "--parameter-file", str(params),
+        "--parameter", "reward_model_train_steps=300",  # overrides the file
+        "--parameter", "accelerator_type=TPU",
+        "--service-account", "runner@p1.iam.gserviceaccount.com",
+        "--network", "projects/123/global/networks/vpc",
+        "--encryption-spec-key-name", KMS_KEY, "--label", "team=nlp", "--label", "run=test-1",
+        "--display-name", "my-rlhf-run", "--no-cache"))
+    assert code == 0, capsys.readouterr()
+    created = vertex.requests_to("POST", r"/pipelineJobs$")
+    assert len(created) == 1
+    request = created[0]
+    assert request.path == "/v1/projects/p1/locations/us-central1/pipelineJobs"
+    body = request.body
+    template = yaml.safe_load(open(templates["vertex"]))
+    assert body["pipelineSpec"]["root"] == template["root"]
+    assert body["pipelineSpec"]["deploymentSpec"] == template["deploymentSpec"]
+    assert body["runtimeConfig"]["gcsOutputDirectory"] == "gs://rlhf-test-bucket/runs"
+    assert body["runtimeConfig"]["parameterValues"] == {
+        "preference_dataset": "gs://rlhf-test-bucket/data/pref.jsonl",
+        "prompt_dataset": "gs://rlhf-test-bucket/data/prompts.jsonl",
+        "large_model_reference": "smollm2-135m-instruct",
+        "reward_model_train_steps": 300,
+        "kl_coeff": 0.2,
+        "deploy_model": False,
+        "instruction": "Summarize in less than 50 words.",
+        "accelerator_type": "TPU",
+        # the run's CMEK key also encrypts what the pipeline creates, unless given as a parameter
+        "encryption_spec_key_name": KMS_KEY,
+    }
+    assert body["serviceAccount"] == "runner@p1.iam.gserviceaccount.com"
+    assert body["network"] == "projects/123/global/networks/vpc"
+    assert body["encryptionSpec"] == {"kmsKeyName": KMS_KEY}
+    assert body["labels"]["team"] == "nlp" and body["labels"]["run"] == "test-1"
+    assert body["displayName"] == "my-rlhf-run"
+    # --no-cache turns caching off in every task of the submitted spec
+    caching = [t["cachingOptions"] for c in body["pipelineSpec"]["components"].values()
+               for t in c.get("dag", {}).get("tasks", {}).values()]
+    assert caching and all(not c.get("enableCache") for c in caching)
+    out = capsys.readouterr().out
+    assert "projects/p1/locations/us-central1/pipelineJobs/" in out
+    assert "console.cloud.google.com" in out
+
+
+def test_vertex_submit_keeps_caching_and_wait_reports_the_final_state(templates, vertex, capsys):
+    code = cli.main(_vertex_args(templates["vertex"], vertex, *GOOD, "--wait"))
+    assert code == 0, capsys.readouterr()
+    body = vertex.requests_to("POST", r"/pipelineJobs$")[0].body
+    assert "serviceAccount" not in body and "encryptionSpec" not in body
+    caching = [t["cachingOptions"] for t in body["pipelineSpec"]["root"]["dag"]["tasks"].values()]
+    assert all(c.get("enableCache") for c in caching)
+    assert vertex.requests_to("GET", r"/pipelineJobs/")  # polled until done
+    assert "PIPELINE_STATE_SUCCEEDED" in capsys.readouterr().out
+
+
+def test_vertex_wait_exits_1_when_the_run_fails(templates, gcs_emulator, capsys):
+    with VertexStandIn(final_state="PIPELINE_STATE_FAILED") as vertex:
+        code = cli.main(_vertex_args(templates["vertex"], vertex, *GOOD, "--wait"))
+    assert code == 1
+    assert "PIPELINE_STATE_FAILED" in capsys.readouterr().out
+
+
+def test_kfp_submit_sends_the_run_to_the_v2beta1_api(templates, kfp_api, tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("reinforcement_learning_train_steps: 40\neval_dataset: gs://rlhf-test-bucket/data/eval.jsonl\n")
+    code = cli.main(["submit", "--kfp-host", kfp_api.url, "--template", templates["kfp"], *GOOD,
+                     "--parameter-file", str(params), "--experiment", "rlhf", "--run-name", "run-1"])
+    assert code == 0, capsys.readouterr()
+    experiments = kfp_api.requests_to("POST", r"/apis/v2beta1/experiments$")
+    assert [e.body["display_name"] for e in experiments] == ["rlhf"]
+    runs = kfp_api.requests_to("POST", r"/apis/v2beta1/runs$")
+    assert len(runs) == 1
+    body = runs[0].body
+    assert body["display_name"] == "run-1"
+    assert body["experiment_id"] == next(iter(kfp_api.experiments))
+    assert body["pipeline_spec"]["root"] == yaml.safe_load(open(templates["kfp"]))["root"]
+    assert body["runtime_config"]["parameters"] == {
+        "preference_dataset": "gs://rlhf-test-bucket/data/pref.jsonl",
+        "prompt_dataset": "gs://rlhf-test-bucket/data/prompts.jsonl",
+        "large_model_reference": "smollm2-135m-instruct",
+        "reinforcement_learning_train_steps": 40,
+        "eval_dataset": "gs://rlhf-test-bucket/data/eval.jsonl",
+    }
+    assert next(iter(kfp_api.runs)) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--parameter", "reward_model_train_step=10"], "did you mean 'reward_model_train_steps'"),
+    (["--parameter", "reward_model_train_steps=ten"], "must be an integer"),
+    (["--parameter", "reward_model_train_steps=0"], "must be at least 1"),
+    (["--parameter", "reinforcement_learning_train_steps=-5"], "must be at least 1"),
+    (["--parameter", "kl_coeff=abc"], "must be a number"),
+    (["--parameter", "deploy_model=maybe"], "must be true or false"),
+    (["--parameter", "eval_dataset=gs:/bucket/eval.jsonl"], "malformed Cloud Storage URI"),
+    (["--parameter", "eval_dataset=gs://Bad_Bucket!/eval.jsonl"], "not a valid bucket name"),
+    (["--parameter", "eval_dataset=/home/me/eval.jsonl"], "a path on this machine"),
+    (["--parameter", "accelerator_type=FPGA"], "must be one of GPU, TPU"),
+    (["--parameter", "steps"], "expected NAME=VALUE"),
+])
+def test_a_bad_parameter_exits_2_and_sends_nothing(templates, bad, message, capsys):
+    with VertexStandIn() as vertex, KfpStandIn() as kfp_api:
+        code = cli.main(_vertex_args(templates["vertex"], vertex, *GOOD, *bad))
+        assert code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        code = cli.main(["submit", "--kfp-host", kfp_api.url, "--template", templates["kfp"], *GOOD, *bad])
+        assert code == 2
+        assert message in capsys.readouterr().err
+        assert vertex.requests == [] and kfp_api.requests == []
+
+
+@pytest.mark.parametrize("case, message", [
+    ("file-type", "must be an integer"),
+    ("missing-required", "required parameter 'large_model_reference'"),
+    ("bad-file", "cannot parse the parameter file"),
+    ("wrong-target", "was compiled for 'kfp'"),
+    ("bad-root", "--pipeline-root"),
+    ("bad-kms", "--encryption-spec-key-name"),
+    ("bad-label", "--label"),
+    ("no-template", "no such"),
+])
+def test_other_mistakes_exit_2_and_send_nothing(templates, case, message, tmp_path, capsys):
+    params = tmp_path / "params.json"
+    with VertexStandIn() as vertex:
+        args = _vertex_args(templates["vertex"], vertex, *GOOD)
+        if case == "file-type":
+            params.write_text(json.dumps({"reward_model_train_steps": "100"}))
+            args += ["--parameter-file", str(params)]
+        elif case == "missing-required":
+            args = _vertex_args(templates["vertex"], vertex, *GOOD[:4])
+        elif case == "bad-file":
+            params.write_text("{not json")
+            args += ["--parameter-file", str(params)]
+        elif case == "wrong-target":
+            args[args.index(templates["vertex"])] = templates["kfp"]
+        elif case == "bad-root":
+            args[args.index("gs://rlhf-test-bucket/runs")] = "rlhf-test-bucket/runs"
+        elif case == "bad-kms":
+            args += ["--encryption-spec-key-name", "my-key"]
+        elif case == "bad-label":
+            args += ["--label", "Team=NLP"]
+        elif case == "no-template":
+            args[args.index(templates["vertex"])] = str(tmp_path / "missing.yaml")
+        code = cli.main(args)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert message in err and "Traceback" not in err
+        assert vertex.requests == []
