@@ -311,9 +311,10 @@ def load_tokenizer(ref: Optional[str] = None, padding_side: str = "right", trust
 
 
 def _load(auto_cls, ref, dtype, device, trust_remote_code, **kwargs):
-    path = resolve_model(ref)
+    dtype = _dtype(dtype)
     device = pick_device(device) if device is None or isinstance(device, str) else device
-    dtype = _dtype(dtype) or default_dtype(device)
+    dtype = dtype or default_dtype(device)
+    path = resolve_model(ref)
     try:
         model = auto_cls.from_pretrained(path, dtype=dtype, use_safetensors=True,
                                          attn_implementation="sdpa",

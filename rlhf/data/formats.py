@@ -102,7 +102,7 @@ class ParsedRow:
     errors: list[str] = field(default_factory=list)
     unknown_keys: list[str] = field(default_factory=list)
     choice: Optional[int] = None  # Google's `choice`, for the balance statistic
-    prompt: str = ""  # the prompt's text (instruction excluded), for duplicate/overlap checks
+    prompt: str = ""  # the prompt's text (instruction excluded), for the train/eval overlap check
     responses: list[str] = field(default_factory=list)  # distinct candidate texts, for length stats
     key: str = ""  # the row's content whatever its key order or spacing, for exact-duplicate checks
 
@@ -119,7 +119,7 @@ def describe_value(value: Any) -> str:
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"the string {json.dumps(shown, ensure_ascii=False)}"
     if isinstance(value, list):
-        return f"a list of {len(value)} items"
+        return f"a list of {len(value)} item{'' if len(value) == 1 else 's'}"
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__

@@ -5,7 +5,8 @@ the canonical format that every later step reads.
 URIs or globs of either) and returns a `ValidationReport`: every problem as `URI:LINE: message`
 (the first `max_errors` kept, the rest counted), warnings, statistics and flat KFP metrics. Only when
 every dataset is valid does it write the outputs: `preference.jsonl`, `prompts.jsonl`, `eval.jsonl`
-(canonical rows; empty when that dataset was not given), `stats.json`, `summary.md`, `summary.html`.
+(canonical rows; empty when that dataset was not given), then `summary.md`, `summary.html` and, last,
+`stats.json`, whose presence marks a complete set.
 
 Files are streamed as bytes, one line at a time, so a 10 GB file is never held in memory and bytes
 that are not UTF-8 are reported by line; canonical rows are written as they are read into atomic
@@ -181,14 +182,12 @@ class _DatasetCheck:
         self.pattern = pattern
         self.sink = sink
         self.stats = DatasetStats(kind, pattern, run.tokenizer)
-        self.problem_count = 0
         self.first_format: Optional[tuple[str, str, int]] = None  # (format, uri, line)
         self.unknown: dict[str, tuple[str, int]] = {}  # unknown key -> first (uri, line)
         self.rows = _Hashes()
         self.prompts = _Hashes()
 
     def problem(self, uri: str, line: Optional[int], message: str) -> None:
-        self.problem_count += 1
         self.run.problems.add(Problem(uri, line, message))
 
     def warn(self, uri: str, line: Optional[int], message: str) -> None:
@@ -231,12 +230,14 @@ class _DatasetCheck:
                     previous_format = self.check_format(uri, lineno, parsed, previous_format)
                     self.accept(uri, lineno, file_index, parsed)
         except StorageError as e:
-            self.problem(uri, lineno or None, _without_prefix(str(e), uri))
+            # lineno is the last line read whole; the failure was on the next one
+            self.problem(uri, lineno + 1 if lineno else None, _without_prefix(str(e), uri))
             return
         except (OSError, EOFError, zlib.error) as e:
             # e.g. a truncated or corrupt .gz file
-            self.problem(uri, lineno or None, f"cannot read the file ({e}); expected readable "
-                                              "JSON Lines, optionally gzip-compressed (.gz)")
+            self.problem(uri, lineno + 1 if lineno else None,
+                         f"cannot read the file ({e}); expected readable JSON Lines, optionally "
+                         "gzip-compressed (.gz)")
             return
         if not seen_content:
             self.problem(uri, 1, "the file is empty; expected JSON Lines with one row per line, "
@@ -269,6 +270,14 @@ class _DatasetCheck:
         except json.JSONDecodeError as e:
             self.problem(uri, lineno, f"invalid JSON: {e.msg} at column {e.colno}; expected one "
                                       "complete JSON object per line")
+            return None
+        except RecursionError:
+            self.problem(uri, lineno, "invalid JSON: nested too deeply; expected one flat JSON object "
+                                      "per line")
+            return None
+        if "\\ud" in text.lower() and _has_lone_surrogate(obj):
+            self.problem(uri, lineno, "the line escapes a lone UTF-16 surrogate (\\udXXX), which is "
+                                      "not text; expected valid characters or complete surrogate pairs")
             return None
         parsed = parse_row(self.kind, obj, instruction=self.run.config.instruction or None,
                            source=f"{uri}:{lineno}")
@@ -338,6 +347,14 @@ class _DatasetCheck:
         self.run.warnings.count += max(0, len(duplicates) - limit)  # counted, not listed
 
 
+def _has_lone_surrogate(obj: Any) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
 def _example(kind: str) -> str:
     from rlhf.data.formats import EXAMPLES
 
@@ -403,7 +420,8 @@ def _check_config(config: ValidateConfig) -> None:
 
 def run_validation(config: ValidateConfig, outputs: Optional[ValidationOutputs] = None) -> ValidationReport:
     """Validate every given dataset; write the outputs (to `outputs`, else `config.output_dir`)
-    only when all are valid. Problems are in the report, never raised."""
+    only when all are valid. Data problems are in the report, not raised; a bad configuration
+    raises UserError."""
     _check_config(config)
     if outputs is None and config.output_dir:
         outputs = ValidationOutputs.in_dir(config.output_dir)
@@ -443,8 +461,8 @@ def run_validation(config: ValidateConfig, outputs: Optional[ValidationOutputs] 
     report = ValidationReport(problems=run.problems, warnings=run.warnings, stats=stats,
                               metrics=flat_metrics(stats))
     if written:
-        storage.write_json(outputs.stats, stats)
         storage.write_text(outputs.summary_md, summary.markdown(stats))
         storage.write_text(outputs.summary_html, summary.html(stats))
+        storage.write_json(outputs.stats, stats)
         report.outputs = outputs
     return report

@@ -109,6 +109,8 @@ def load_policy_pair(model_ref: str, base_ref: str = "", device=None, dtype=None
         raise UserError("no model to evaluate: give the tuned adapter or model directory (--model)")
     device = models.pick_device(device) if device is None or isinstance(device, str) else device
     adapter_dir = find_adapter_dir(model_ref)
+    if adapter_dir is None:
+        models.resolve_model(model_ref)  # a wrong reference fails before the base is loaded
     base_ref = choose_base_reference(model_ref, base_ref, adapter_dir)
     tokenizer = models.load_tokenizer(base_ref, padding_side="left")
     base = models.load_causal_lm(base_ref, dtype=dtype, device=device)

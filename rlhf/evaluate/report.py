@@ -81,6 +81,8 @@ class Sample:
     judge_tuned: Optional[float] = None
     reward_base: Optional[float] = None
     reward_tuned: Optional[float] = None
+    judge_notes_base: list[str] = field(default_factory=list)  # why the judge took points off
+    judge_notes_tuned: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -90,6 +92,7 @@ class ReportData:
     alarm: Optional[str] = None
     reward_scores: dict[str, list[float]] = field(default_factory=dict)  # "base"/"tuned" -> scores
     judge_scores: dict[str, list[float]] = field(default_factory=dict)
+    judge_rules: dict[str, dict[str, float]] = field(default_factory=dict)  # "base"/"tuned" -> rule -> mean
     history: list[dict] = field(default_factory=list)  # PPO metrics.jsonl rows
     samples: list[Sample] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was skipped and why
@@ -305,6 +308,26 @@ def _metric_tables(m: dict[str, float]) -> str:
     return paired + single
 
 
+def _judge_rules_table(rules: dict[str, dict[str, float]]) -> str:
+    """Mean score of each constitution rule, base and tuned: what the judge rewards and penalizes."""
+    if not rules.get("base") or not rules.get("tuned"):
+        return ""
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(rule)}</td><td class='num'>{rules['base'][rule]:.3f}</td>"
+                   f"<td class='num'>{rules['tuned'].get(rule, float('nan')):.3f}</td>"
+                   f"{_delta_cell(rules['base'][rule], rules['tuned'].get(rule), '.3f')}</tr>"
+                   for rule in rules["base"])
+    return ("<h2>Judge rules (mean score per principle)</h2><table><tr><th>Rule</th><th>Base</th>"
+            "<th>Tuned</th><th>Change</th></tr>" + rows + "</table>")
+
+
+def _notes_html(notes: Sequence[str]) -> str:
+    if not notes:
+        return ""
+    return ("<details><summary class='scores'>judge notes</summary><ul class='scores'>"
+            + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul></details>")
+
+
 def _score_line(judge: Optional[float], reward: Optional[float]) -> str:
     bits = []
     if judge is not None:
@@ -333,9 +356,11 @@ def _samples_html(samples: Sequence[Sample]) -> str:
             f'<div class="sample"><b>Prompt {i}</b><div class="prompt"><pre>{e(s.prompt)}</pre></div>{ref}'
             f'<div class="side">'
             f'<div class="{"win" if win == "base" else ""}"><b>Base</b> '
-            f'<span class="scores">{e(_score_line(s.judge_base, s.reward_base))}</span><pre>{e(s.base)}</pre></div>'
+            f'<span class="scores">{e(_score_line(s.judge_base, s.reward_base))}</span><pre>{e(s.base)}</pre>'
+            f'{_notes_html(s.judge_notes_base)}</div>'
             f'<div class="{"win" if win == "tuned" else ""}"><b>Tuned</b> '
-            f'<span class="scores">{e(_score_line(s.judge_tuned, s.reward_tuned))}</span><pre>{e(s.tuned)}</pre></div>'
+            f'<span class="scores">{e(_score_line(s.judge_tuned, s.reward_tuned))}</span><pre>{e(s.tuned)}</pre>'
+            f'{_notes_html(s.judge_notes_tuned)}</div>'
             f"</div></div>")
     return "".join(out)
 
@@ -352,6 +377,7 @@ def render_html(data: ReportData) -> str:
         parts.append("<table class='info'>" + "".join(
             f"<tr><td><b>{e(k)}</b></td><td>{e(str(v))}</td></tr>" for k, v in data.info.items()) + "</table>")
     parts.append("<h2>Metrics</h2>" + _metric_tables(data.metrics))
+    parts.append(_judge_rules_table(data.judge_rules))
     if data.notes:
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in data.notes) + "</ul>")
 

@@ -84,16 +84,14 @@ def reward_scores(reward_model: str, rows: list[canonical.EvalExample], response
     return raw, normalized, pref
 
 
-def judge_scores(rows: list[canonical.EvalExample], responses: dict[str, list[str]]) -> dict[str, list[float]]:
-    """The independent judge's score in [0, 1] of each response, against the post the user wrote (the
-    last user turn without the instruction) and the row's instruction."""
+def judge_results(rows: list[canonical.EvalExample], responses: dict[str, list[str]]) -> dict[str, list]:
+    """The independent judge's verdict (`rlhf.judge.JudgeResult`: score in [0, 1], per-rule scores,
+    notes) on each response, against the post the user wrote (the last user turn without the
+    instruction) and the row's instruction (its word limit)."""
     from rlhf.judge import judge
 
-    out = {}
-    for name, texts in responses.items():
-        out[name] = [float(judge(canonical.user_input(r), t, r.instruction or "").score)
-                     for r, t in zip(rows, texts)]
-    return out
+    return {name: [judge(canonical.user_input(r), t, r.instruction) for r, t in zip(rows, texts)]
+            for name, texts in responses.items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,9 +138,9 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalR
     rows = load_eval_examples(config.eval_dataset, config.instruction, config.max_examples)
     history_uri = _history_source(config)
     history = R.read_history(history_uri) if history_uri else []
-    if config.reward_model and not storage.exists(config.reward_model):
-        raise UserError(f"reward model {config.reward_model} does not exist: give the directory "
-                        f"`rlhf train-reward` wrote, or leave --reward-model empty to skip reward metrics")
+    if config.reward_model:
+        from rlhf.reward.outputs import read_info
+        read_info(config.reward_model)  # not a reward model directory: fail before generating
     notes: list[str] = []
     metrics: dict[str, float] = {"eval/num_prompts": float(len(rows))}
     log.info("evaluating %s on %d eval prompts from %s", config.model, len(rows), config.eval_dataset)
@@ -216,13 +214,19 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalR
 
     # -- independent judge -----------------------------------------------------------------------
     judged: dict[str, list[float]] = {}
+    verdicts: dict[str, list] = {}
+    judge_rules: dict[str, dict[str, float]] = {}
     if config.judge:
         t = time.perf_counter()
-        judged = judge_scores(rows, texts)
+        verdicts = judge_results(rows, texts)
         metrics["time/eval_judge_s"] = time.perf_counter() - t
+        judged = {name: [v.score for v in vs] for name, vs in verdicts.items()}
         for name in ("base", "tuned"):
             metrics[f"eval/judge_{name}_mean"] = M.mean(judged[name])
+            judge_rules[name] = {rule: M.mean([v.rules[rule] for v in verdicts[name]])
+                                 for rule in verdicts[name][0].rules}
         metrics["eval/judge_delta"] = metrics["eval/judge_tuned_mean"] - metrics["eval/judge_base_mean"]
+        # Win rate from the scores, ties half (not `judge.prefer`, which breaks ties by length).
         metrics["eval/judge_win_rate"] = M.win_rate(judged["tuned"], judged["base"])
     else:
         notes.append("the judge was turned off (--no-judge): no judge win rate")
@@ -246,7 +250,9 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalR
             g = gens[name][i]
             entry[name] = {"response": g.text, "tokens": len(g.response_ids), "finished": g.finished,
                            "reward": score(raw, name, i), "reward_normalized": score(normalized, name, i),
-                           "judge": score(judged, name, i), "rouge_l": rouge[name][i]}
+                           "judge": score(judged, name, i),
+                           "judge_notes": verdicts[name][i].notes if verdicts else None,
+                           "rouge_l": rouge[name][i]}
         if config.measure_kl:
             entry["kl_seq"] = kl.k1_per_sequence[i]
             entry["kl_full_seq"] = kl.full_per_sequence[i]
@@ -258,7 +264,9 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalR
     samples = [R.Sample(prompt=canonical.prompt_text(r), base=texts["base"][i], tuned=texts["tuned"][i],
                         reference=r.reference or "", judge_base=score(judged, "base", i),
                         judge_tuned=score(judged, "tuned", i), reward_base=score(raw, "base", i),
-                        reward_tuned=score(raw, "tuned", i))
+                        reward_tuned=score(raw, "tuned", i),
+                        judge_notes_base=verdicts["base"][i].notes if verdicts else [],
+                        judge_notes_tuned=verdicts["tuned"][i].notes if verdicts else [])
                for i, r in enumerate(rows[:config.num_report_samples])]
     decoding = (f"sampling (temperature {config.temperature}, top-p {config.top_p}, top-k {config.top_k}, "
                 f"seed {config.seed})" if config.sampling else "greedy")
@@ -267,7 +275,7 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalR
             "Decoding": f"{decoding}, up to {config.target_sequence_length} new tokens, prompts up to "
                         f"{config.prompt_sequence_length} tokens"}
     data = R.ReportData(metrics=metrics, info=info, alarm=alarm, reward_scores=raw, judge_scores=judged,
-                        history=history, samples=samples, notes=notes)
+                        judge_rules=judge_rules, history=history, samples=samples, notes=notes)
     summary = R.render_markdown(data)
     storage.write_text(outputs.report_html, R.render_html(data))
     storage.write_text(outputs.summary_md, summary)

@@ -78,6 +78,14 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def sample(logits: torch.Tensor) -> torch.Tensor:
+    """One token per row from softmax(logits), by the exponential race: argmax p_i / E_i with
+    E_i ~ Exp(1) picks i with probability p_i (the Gumbel-max trick in another form), and is far
+    faster than torch.multinomial over a 50k vocabulary on CPU."""
+    probs = torch.softmax(logits, dim=-1)
+    return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
+
+
 def _mark_step(device: torch.device) -> None:
     # torch_xla builds a graph lazily; cut it once per decoded token (each step has its own shape).
     if device.type == "xla":
@@ -105,7 +113,7 @@ def generate(model: SharedBaseModel, prompt_ids: torch.Tensor, prompt_mask: torc
         logits = (h @ weight.t()).to(torch.float32) / temperature
         log_p = torch.log_softmax(logits, dim=-1)
         sample_from = filter_logits(logits, top_k, top_p) if (top_k or top_p < 1.0) else logits
-        token = torch.multinomial(torch.softmax(sample_from, dim=-1), 1).squeeze(1)
+        token = sample(sample_from)
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         tokens.append(token)
         logprobs.append(log_p.gather(1, token[:, None]).squeeze(1))

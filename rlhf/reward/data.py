@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -44,10 +46,11 @@ def _is_canonical(uri: str, kind: str) -> bool:
 def _validated(uri: str, kind: str, instruction: str) -> str:
     """Validate a raw dataset into a temporary canonical file; UserError with the problems."""
     from rlhf.data.validate import ValidateConfig, run_validation
-    out = tempfile.mkdtemp(prefix="rlhf-reward-data-")
+    out = tempfile.mkdtemp(prefix="rlhf-reward-data-")  # removed by the caller after reading
     given = {"preference_dataset": uri} if kind == "preference" else {"preference_dataset": "", "eval_dataset": uri}
     report = run_validation(ValidateConfig(output_dir=out, instruction=instruction, **given))
     if not report.ok:
+        shutil.rmtree(out, ignore_errors=True)
         raise UserError(report.problem_text())
     return storage.join(out, "preference.jsonl" if kind == "preference" else "eval.jsonl")
 
@@ -57,7 +60,11 @@ def load_preference_pairs(uri: str, instruction: str = "") -> list[PreferencePai
     if not storage.exists(uri) and not any(c in uri for c in "*?["):
         raise UserError(f"preference_dataset {uri}: no such file")
     path = uri if _is_canonical(uri, "preference") else _validated(uri, "preference", instruction)
-    pairs = [p for part in storage.expand(path) for p in canonical.read_preference_pairs(part)]
+    try:
+        pairs = [p for part in storage.expand(path) for p in canonical.read_preference_pairs(part)]
+    finally:
+        if path != uri:
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     if not pairs:
         raise UserError(f"preference_dataset {uri} holds no preference pairs")
     return pairs
@@ -68,7 +75,11 @@ def load_eval_pairs(uri: str, instruction: str = "") -> list[PreferencePair]:
     if not storage.exists(uri) and not any(c in uri for c in "*?["):
         raise UserError(f"eval_dataset {uri}: no such file")
     path = uri if _is_canonical(uri, "eval") else _validated(uri, "eval", instruction)
-    rows: list[EvalExample] = [r for part in storage.expand(path) for r in canonical.read_eval_examples(part)]
+    try:
+        rows: list[EvalExample] = [r for part in storage.expand(path) for r in canonical.read_eval_examples(part)]
+    finally:
+        if path != uri:
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     pairs = [PreferencePair(r.messages, r.chosen, r.rejected, r.source, r.instruction)
              for r in rows if r.chosen is not None and r.rejected is not None]
     if not pairs:

@@ -68,7 +68,7 @@ def lr_lambda(total: int, warmup: int, kind: str):
     return f
 
 
-class _Collator:
+class Collator:
     """Chooses the layout the attention kernel supports (a 4D mask for SDPA/eager)."""
 
     def __init__(self, model, pad_id: int, share_prompt: bool, device):
@@ -88,7 +88,7 @@ class _Collator:
 
 
 @torch.no_grad()
-def score_pairs(model, collate: _Collator, pairs: Sequence[batching.EncodedPair],
+def score_pairs(model, collate: Collator, pairs: Sequence[batching.EncodedPair],
                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Rewards of every pair's chosen and rejected response, in order (eval mode)."""
     was_training = model.training
@@ -126,6 +126,41 @@ def _evaluate(model, collate, sets: dict, config: RewardConfig) -> tuple[dict, d
             out.update(preference_metrics(rc, rr, config.margin, prefix=prefix))
             roc[prefix] = roc_curve(rc, rr)
     return out, roc
+
+
+def train_step(model, collate: Collator, batches: Sequence[Sequence[batching.EncodedPair]],
+               optimizer, scheduler, config: RewardConfig) -> dict[str, float]:
+    """One optimizer step over ``batches`` (the gradient-accumulation micro-batches); returns the
+    step's metrics, averaged over its pairs. Skips the update when the loss is not finite."""
+    n_pairs = sum(len(b) for b in batches)
+    sums = {"loss/total": 0.0, "loss/bt": 0.0, "loss/center": 0.0, "train/accuracy": 0.0,
+            "train/margin": 0.0, "reward/chosen": 0.0, "reward/rejected": 0.0}
+    for pairs in batches:
+        rc, rr = pair_rewards(model, collate(pairs))
+        loss, parts = bradley_terry_loss(rc, rr, config.margin, config.center_rewards_coefficient)
+        weight = len(pairs) / n_pairs  # mean over the step's pairs, whatever the batch sizes
+        (loss * weight).backward()
+        d = (rc - rr).detach()
+        sums["loss/total"] += loss.item() * weight
+        for name, value in parts.items():
+            sums[name] += value.item() * weight
+        sums["train/accuracy"] += (d > 0).float().mean().item() * weight
+        sums["train/margin"] += d.mean().item() * weight
+        sums["reward/chosen"] += rc.detach().mean().item() * weight
+        sums["reward/rejected"] += rr.detach().mean().item() * weight
+    if not config.center_rewards_coefficient:
+        del sums["loss/center"]
+    sums["optim/lr"] = scheduler.get_last_lr()[0]
+    if not math.isfinite(sums["loss/total"]):
+        optimizer.zero_grad(set_to_none=True)
+        return sums
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    sums["optim/grad_norm"] = float(grad_norm)
+    return sums
 
 
 def train_reward_model(config: RewardConfig) -> RewardResult:
@@ -173,7 +208,7 @@ def train_reward_model(config: RewardConfig) -> RewardResult:
     total = config.reward_model_train_steps
     warmup = int(config.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup, config.lr_scheduler))
-    collate = _Collator(model, tokenizer.pad_token_id, config.share_prompt, device)
+    collate = Collator(model, tokenizer.pad_token_id, config.share_prompt, device)
     plan = batching.BatchPlan([p.length(collate.share) for p in train_set], config.batch_size, config.seed)
 
     remote = storage.is_gcs(config.output_dir)
@@ -203,36 +238,15 @@ def train_reward_model(config: RewardConfig) -> RewardResult:
     for step in range(start, total):
         t0 = time.perf_counter()
         first = step * config.gradient_accumulation_steps
-        batch_ids = [plan.batch(k) for k in range(first, first + config.gradient_accumulation_steps)]
-        n_pairs = sum(len(b) for b in batch_ids)
-        sums = {"loss/total": 0.0, "loss/bt": 0.0, "loss/center": 0.0, "train/accuracy": 0.0,
-                "train/margin": 0.0, "reward/chosen": 0.0, "reward/rejected": 0.0}
-        for ids in batch_ids:
-            rc, rr = pair_rewards(model, collate([train_set[i] for i in ids]))
-            loss, parts = bradley_terry_loss(rc, rr, config.margin, config.center_rewards_coefficient)
-            weight = len(ids) / n_pairs  # mean over the step's pairs, whatever the batch sizes
-            (loss * weight).backward()
-            d = (rc - rr).detach()
-            sums["loss/total"] += loss.item() * weight
-            for name, value in parts.items():
-                sums[name] += value.item() * weight
-            sums["train/accuracy"] += (d > 0).float().mean().item() * weight
-            sums["train/margin"] += d.mean().item() * weight
-            sums["reward/chosen"] += rc.detach().mean().item() * weight
-            sums["reward/rejected"] += rr.detach().mean().item() * weight
+        batches = [[train_set[i] for i in plan.batch(k)]
+                   for k in range(first, first + config.gradient_accumulation_steps)]
+        n_pairs = sum(len(b) for b in batches)
+        sums = train_step(model, collate, batches, optimizer, scheduler, config)
         if not math.isfinite(sums["loss/total"]):
             raise UserError(f"the loss became {sums['loss/total']} at step {step + 1}: lower "
                             f"reward_model_learning_rate_multiplier (now "
                             f"{config.reward_model_learning_rate_multiplier}); restarting resumes "
                             f"from the last checkpoint")
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
-        sums["optim/lr"] = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        sums["optim/grad_norm"] = float(grad_norm)
-        if not config.center_rewards_coefficient:
-            del sums["loss/center"]
         sums["time/step_s"] = time.perf_counter() - t0
         done = step + 1
         step_eval = {}

@@ -1,0 +1,59 @@
+"""KFP component: train the reward model (`rlhf.reward.train`) on validated preference data."""
+
+from typing import Optional
+
+from kfp import dsl
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components.image import TRAINER_IMAGE
+
+
+@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
+def train_reward_model(
+    preference_data: Input[Dataset],
+    reward_model: Output[Model],
+    metrics: Output[Metrics],
+    classification_metrics: Output[ClassificationMetrics],
+    tensorboard_logs: Output[Artifact],
+    eval_data: Optional[Input[Dataset]] = None,
+    large_model_reference: str = "smollm2-135m-instruct",
+    instruction: str = "",
+    prompt_sequence_length: int = 512,
+    target_sequence_length: int = 64,
+    reward_model_train_steps: int = 1000,
+    reward_model_learning_rate_multiplier: float = 1.0,
+    reward_lora_dim: int = 4,
+    batch_size: int = 16,
+    gradient_accumulation_steps: int = 4,
+    options: dict = {},
+):
+    """Train a LoRA reward model (Bradley–Terry) and write it to `reward_model` (layout in
+    `rlhf.reward`); a preempted task restarted on the same output resumes from its checkpoint.
+    `options` sets any other `RewardConfig` field (e.g. {"seed": 1, "checkpoint_every": 50})."""
+    from rlhf import storage
+    from rlhf.reward.config import RewardConfig
+    from rlhf.reward.metrics import LABELS, scalar_metrics
+    from rlhf.reward.train import train_reward_model as train
+
+    config = RewardConfig(**{
+        **options, "preference_dataset": preference_data.path, "output_dir": reward_model.path,
+        "eval_dataset": eval_data.path if eval_data is not None else "",
+        "tensorboard_dir": tensorboard_logs.path, "large_model_reference": large_model_reference,
+        "instruction": instruction, "prompt_sequence_length": prompt_sequence_length,
+        "target_sequence_length": target_sequence_length,
+        "reward_model_train_steps": reward_model_train_steps,
+        "reward_model_learning_rate_multiplier": reward_model_learning_rate_multiplier,
+        "reward_lora_dim": reward_lora_dim, "batch_size": batch_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps})
+    result = train(config)
+    scalars = scalar_metrics(result.metrics)
+    for name, value in scalars.items():
+        metrics.log_metric(name, value)
+    storage.write_json(metrics.path, scalars)  # a file at .path keeps KFP's cache working
+    prefix = "eval" if "eval/confusion_matrix" in result.metrics else "heldout"
+    if f"{prefix}/confusion_matrix" in result.metrics:
+        classification_metrics.log_confusion_matrix(LABELS, result.metrics[f"{prefix}/confusion_matrix"])
+        fpr, tpr, thresholds = result.roc[prefix]
+        classification_metrics.log_roc_curve(fpr, tpr, thresholds)
+        storage.write_json(classification_metrics.path, classification_metrics.metadata)
+    reward_model.metadata["base_model"] = large_model_reference

@@ -1,0 +1,99 @@
+"""The `validate_data` KFP component run by kfp's local runner (a real subprocess task): its output
+artifacts hold the canonical data, stats, summaries and metrics; invalid data fails the task with
+the problems in its log."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import kfp.local as kfp_local
+import pytest
+
+from rlhf.data import canonical
+
+# The local runner warns that it ignores the component's base image; that is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
+
+
+@pytest.fixture
+def local_runner(tmp_path, monkeypatch):
+    """kfp's local runner with every folder it makes inside tmp_path."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    kfp_local.init(runner=kfp_local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+                   workspace_root=str(tmp_path / "workspace"))
+    from components.validate import validate_data
+
+    return validate_data
+
+
+def write(path: Path, rows) -> str:
+    path.write_text("".join((json.dumps(r) if isinstance(r, dict) else r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_component_writes_canonical_data_stats_summary_and_metrics(local_runner, tmp_path):
+    pref = write(tmp_path / "pref.jsonl", [
+        {"input_text": "post 0", "candidate_0": "a", "candidate_1": "b", "choice": 1},
+        {"input_text": "post 1", "candidate_0": "c", "candidate_1": "d", "choice": 0}])
+    evals = write(tmp_path / "eval.jsonl", [{"input_text": "held out", "reference": "ref"}])
+    task = local_runner(preference_dataset=pref, eval_dataset=evals, instruction="Summarize:")
+    out = task.outputs
+
+    pairs = canonical.read_preference_pairs(out["preference_data"].path)
+    assert [(p.chosen, p.rejected, p.instruction) for p in pairs] == [("b", "a", "Summarize:"),
+                                                                      ("c", "d", "Summarize:")]
+    assert Path(out["prompt_data"].path).read_text() == ""  # no prompt dataset given: empty file
+    [example] = canonical.read_eval_examples(out["eval_data"].path)
+    assert example.reference == "ref"
+    stats = json.loads(Path(out["stats"].path).read_text())
+    assert stats["datasets"]["preference"]["pairs"] == 2
+    assert "| preference | google_text |" in Path(out["summary"].path).read_text()
+    assert "<table>" in Path(out["summary_html"].path).read_text()
+    metrics = out["metrics"].metadata
+    assert metrics["data/preference_pairs"] == 2.0
+    assert metrics["data/eval_rows"] == 1.0
+    assert json.loads(Path(out["metrics"].path).read_text())["data/preference_pairs"] == 2.0
+
+
+def test_invalid_data_fails_the_task_with_the_problems_in_the_log(local_runner, tmp_path, capfd):
+    pref = write(tmp_path / "pref.jsonl", [
+        {"input_text": "post 0", "candidate_0": "a", "candidate_1": "b", "choice": "1"}, "{oops"])
+    with pytest.raises(RuntimeError):
+        local_runner(preference_dataset=pref)
+    log = "".join(capfd.readouterr())
+    assert f'{pref}:1: `choice` is the string "1"' in log
+    assert f"{pref}:2: invalid JSON" in log
+    assert "2 problem(s) found in the datasets" in log
+    # Nothing was written for the failed task.
+    written = [p for p in (tmp_path / "root").rglob("*") if p.is_file() and p.name in (
+        "preference_data", "prompt_data", "eval_data", "stats", "summary")]
+    assert written == []
+
+
+def test_component_compiles_with_its_inputs_and_outputs(tmp_path):
+    import yaml
+    from kfp import compiler
+
+    from components.image import IMAGE
+    from components.validate import validate_data
+
+    path = tmp_path / "validate.yaml"
+    compiler.Compiler().compile(validate_data, str(path))
+    spec = yaml.safe_load(path.read_text())
+    [component] = spec["components"].values()
+    assert set(component["inputDefinitions"]["parameters"]) == {
+        "preference_dataset", "prompt_dataset", "eval_dataset", "instruction", "tokenizer",
+        "prompt_sequence_length", "target_sequence_length", "max_errors"}
+    outputs = {k: v["artifactType"]["schemaTitle"] for k, v in component["outputDefinitions"]["artifacts"].items()}
+    assert outputs == {"preference_data": "system.Dataset", "prompt_data": "system.Dataset",
+                       "eval_data": "system.Dataset", "stats": "system.Artifact",
+                       "metrics": "system.Metrics", "summary": "system.Markdown",
+                       "summary_html": "system.HTML"}
+    [executor] = spec["deploymentSpec"]["executors"].values()
+    assert executor["container"]["image"] == IMAGE
+    assert "pip install" not in " ".join(executor["container"]["command"])
