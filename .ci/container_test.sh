@@ -89,7 +89,10 @@ ca=/etc/ssl/certs/ca-certificates.crt
 log "building $image"
 b0=$(date +%s)
 nice podman build --network host -f containers/Dockerfile --target cpu \
-  --build-arg BASE_IMAGE="$base" "${build_args[@]}" -t "$image" .
+  --build-arg BASE_IMAGE="$base" "${build_args[@]}" -t "$image" . 2>&1 |
+  while IFS= read -r line; do  # time-stamp the steps, to see where build time goes
+    case $line in STEP*) echo "[container_test +$(( $(date +%s) - t0 ))s] $line" ;; *) echo "$line" ;; esac
+  done
 size=$(podman image inspect --format '{{.Size}}' "$image")
 log "built $image in $(( $(date +%s) - b0 )) s, $(( size / 1000000 )) MB"
 podman image prune -f >/dev/null  # layers of earlier builds, so the disk does not fill across runs

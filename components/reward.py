@@ -35,7 +35,7 @@ def train_reward_model(
     from rlhf.reward.metrics import LABELS, scalar_metrics
     from rlhf.reward.train import train_reward_model as train
 
-    config = RewardConfig(**{
+    config = RewardConfig.from_dict({
         **options, "preference_dataset": preference_data.path, "output_dir": reward_model.path,
         "eval_dataset": eval_data.path if eval_data is not None else "",
         "tensorboard_dir": tensorboard_logs.path, "large_model_reference": large_model_reference,

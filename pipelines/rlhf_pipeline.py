@@ -11,6 +11,7 @@ from typing import NamedTuple, Optional
 from kfp import dsl
 
 from components.deploy import deployment_skipped
+from pipelines.reward import reward_model_stage
 from pipelines.targets import check_target, request_small_machine
 from pipelines.validation import validation_stage
 
@@ -29,6 +30,7 @@ def build_pipeline(target: str = "vertex"):
     check_target(target)
     # Sub-pipelines are built before the pipeline that calls them (kfp builds a graph on decoration).
     validate_inputs = validation_stage(target)
+    train_reward_model = reward_model_stage(target)
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description=f"Performs reinforcement learning from human feedback (target: {target}).")
@@ -53,6 +55,19 @@ def build_pipeline(target: str = "vertex"):
         location: str = LOCATION_PLACEHOLDER,
         encryption_spec_key_name: str = "",
         tensorboard_resource_id: str = "",
+        # Ours. Reward model training.
+        reward_lora_dim: int = 4,
+        reward_model_batch_size: int = 16,
+        reward_model_gradient_accumulation_steps: int = 4,
+        # Hardware per stage: a GPU type and count (Vertex names), CPU and memory limits; Vertex picks
+        # the smallest machine that fits. With accelerator_type='TPU' the training stages use the
+        # TPU type and count instead. On a Kubeflow cluster the GPU count applies (nvidia.com/gpu).
+        reward_model_accelerator_type: str = "NVIDIA_L4",
+        reward_model_accelerator_count: int = 1,
+        reward_model_cpu_limit: str = "8",
+        reward_model_memory_limit: str = "32G",
+        tpu_accelerator_type: str = "TPU_V5_LITEPOD",
+        tpu_accelerator_count: int = 1,
     ) -> PipelineOutput:
         data = validate_inputs(
             preference_dataset=preference_dataset,
@@ -64,8 +79,30 @@ def build_pipeline(target: str = "vertex"):
             target_sequence_length=target_sequence_length,
         ).set_display_name("Validate Inputs")
 
+        reward = train_reward_model(
+            preference_data=data.outputs["preference_data"],
+            eval_data=data.outputs["eval_data"],
+            large_model_reference=large_model_reference,
+            instruction=instruction,
+            prompt_sequence_length=prompt_sequence_length,
+            target_sequence_length=target_sequence_length,
+            reward_model_train_steps=reward_model_train_steps,
+            reward_model_learning_rate_multiplier=reward_model_learning_rate_multiplier,
+            reward_lora_dim=reward_lora_dim,
+            batch_size=reward_model_batch_size,
+            gradient_accumulation_steps=reward_model_gradient_accumulation_steps,
+            accelerator_type=accelerator_type,
+            gpu_type=reward_model_accelerator_type,
+            gpu_count=reward_model_accelerator_count,
+            cpu_limit=reward_model_cpu_limit,
+            memory_limit=reward_model_memory_limit,
+            tpu_type=tpu_accelerator_type,
+            tpu_count=tpu_accelerator_count,
+            tensorboard_resource_id=tensorboard_resource_id,
+        ).set_display_name("Train Reward Model")
+
         deployed = request_small_machine(deployment_skipped(), target).set_display_name(
-            "Upload and Deploy Tuned Model").after(data)
+            "Upload and Deploy Tuned Model").after(reward)
         return PipelineOutput(
             model_resource_name=deployed.outputs["model_resource_name"],
             endpoint_resource_name=deployed.outputs["endpoint_resource_name"],

@@ -10,8 +10,13 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
+from kfp import dsl
 from kfp.dsl import PipelineTask
 from kfp.dsl.pipeline_channel import PipelineChannel
+
+from components.image import TPU_IMAGE
 
 TARGETS = ("vertex", "kfp", "local")
 KFP_GPU_RESOURCE = "nvidia.com/gpu"
@@ -36,9 +41,10 @@ def _register(task: PipelineTask, *values) -> None:
 
 
 def request_accelerator(task: PipelineTask, target: str, accelerator_type, accelerator_count,
-                        cpu_limit, memory_limit, image: str | None = None) -> PipelineTask:
-    """Ask for `accelerator_count` accelerators plus CPU and memory on `target`; values may be pipeline
-    parameters. `image` replaces the component's image (the TPU build of the trainer)."""
+                        cpu_limit=None, memory_limit=None, image: str | None = None) -> PipelineTask:
+    """Ask for `accelerator_count` accelerators plus CPU and memory (None: whatever the accelerator's
+    machine has) on `target`; values may be pipeline parameters. `image` replaces the component's
+    image (the TPU build of the trainer)."""
     check_target(target)
     if target == "local":
         return task
@@ -46,7 +52,10 @@ def request_accelerator(task: PipelineTask, target: str, accelerator_type, accel
         task.set_container_image(image)
     kind = accelerator_type if target == "vertex" else KFP_GPU_RESOURCE
     task.set_accelerator_type(kind).set_accelerator_limit(accelerator_count)
-    task.set_cpu_limit(cpu_limit).set_memory_limit(memory_limit)
+    if cpu_limit is not None:
+        task.set_cpu_limit(cpu_limit)
+    if memory_limit is not None:
+        task.set_memory_limit(memory_limit)
     _register(task, kind, accelerator_count, cpu_limit, memory_limit)
     return task
 
@@ -57,3 +66,25 @@ def request_small_machine(task: PipelineTask, target: str) -> PipelineTask:
     if target != "local":
         task.set_cpu_limit(SMALL_CPU).set_memory_limit(SMALL_MEMORY)
     return task
+
+
+def on_accelerators(target: str, make_task: Callable[[str], PipelineTask], *, accelerator_type,
+                    gpu_type, gpu_count, cpu_limit, memory_limit, tpu_type, tpu_count):
+    """Create a training task on the accelerators `accelerator_type` ('GPU' or 'TPU') asks for.
+
+    `make_task(kind)` creates the task (and whatever must follow it on the same branch) and returns
+    it; kind is 'gpu' or 'tpu'. On Vertex, whose tasks can run on either, that happens twice, under
+    `dsl.If(accelerator_type == 'TPU')` / `dsl.Else()` (the TPU task runs the TPU image); elsewhere
+    once, on GPUs. Returns `output(name)`, the task's output `name` from whichever branch ran (a
+    `dsl.OneOf`, which may only be returned from the enclosing pipeline).
+    """
+    check_target(target)
+    if target != "vertex":
+        task = request_accelerator(make_task("gpu"), target, gpu_type, gpu_count, cpu_limit, memory_limit)
+        return lambda name: task.outputs[name]
+    with dsl.If(accelerator_type == "TPU", name="On TPU"):
+        # A TPU host's CPUs and memory come with the TPU machine type Vertex picks for the chips.
+        tpu = request_accelerator(make_task("tpu"), target, tpu_type, tpu_count, image=TPU_IMAGE)
+    with dsl.Else(name="On GPU"):
+        gpu = request_accelerator(make_task("gpu"), target, gpu_type, gpu_count, cpu_limit, memory_limit)
+    return lambda name: dsl.OneOf(tpu.outputs[name], gpu.outputs[name])

@@ -2,10 +2,11 @@
 
 The bundled sample data labels its preference pairs with this judge, and evaluation uses it again
 as the independent "gold" judge of base and tuned outputs (it is not the reward model the policy
-optimizes, so reward hacking shows as a reward rising while this score falls). As in Constitutional
-AI (Bai et al., 2022, arXiv:2212.08073) and RLAIF (Lee et al., 2023, arXiv:2309.00267), preferences
-come from written principles instead of human raters; here the principles are checked by plain
-Python instead of an LLM, so labels are cheap, reproducible and explainable.
+optimizes, so reward hacking shows as a reward rising while this score falls). As in
+Constitutional AI (Bai et al., 2022, arXiv:2212.08073) and RLAIF (Lee et al., 2023,
+arXiv:2309.00267), preferences come from written principles instead of human raters; here the
+principles are checked by plain Python instead of an LLM, so labels are cheap, reproducible and
+explainable.
 
 Constitution: a good summary of POST that follows INSTRUCTION
 
@@ -78,7 +79,7 @@ CONSTITUTION: tuple[Principle, ...] = (
 )
 WEIGHTS = {p.name: p.weight for p in CONSTITUTION}
 GROUPS = {g: tuple(p.name for p in CONSTITUTION if p.group == g) for g in ("content", "form", "gate")}
-MIN_FUNCTION_SHARE = 0.25  # English prose is ~40-50% function words; a keyword string is ~0%
+MIN_FUNCTION_SHARE = 0.15  # prose is ~40-50% function words, a terse headline ~15%, keywords ~0%
 
 
 @dataclass
@@ -125,6 +126,7 @@ given put puts keep keeps kept seem seems seemed tell tells told ask asked asks 
 knows knew known think thinks thought want wants wanted need needs needed use used uses using
 try tried tries trying feel feels felt look looks looked looking see sees saw seen find found
 time times day days year years week weeks month months today yesterday tomorrow tonight
+start starts started starting later earlier
 """.split())
 
 # Words a faithful summary uses to talk about a post without adding content to it.
@@ -166,7 +168,7 @@ _IRREGULAR = {
         "take": "took taken", "write": "wrote written", "eat": "ate eaten", "drive": "drove driven",
         "run": "ran", "begin": "began begun", "choose": "chose chosen", "meet": "met", "feel": "felt",
         "keep": "kept", "sleep": "slept", "win": "won", "hide": "hid hidden", "steal": "stole stolen",
-        "swim": "swam swum", "fly": "flew flown", "grow": "grew grown", "know": "knew known",
+        "swim": "swam swum", "sew": "sewn", "show": "shown", "fly": "flew flown", "grow": "grew grown", "know": "knew known",
         "throw": "threw thrown", "build": "built", "send": "sent", "lend": "lent", "find": "found",
         "tell": "told", "sit": "sat", "stand": "stood", "understand": "understood",
         "wake": "woke woken", "bite": "bit bitten", "rise": "rose risen", "go": "went gone",
@@ -229,11 +231,16 @@ class _Token:
     is_number: bool
 
 
+_SKIP_BEFORE_WORD = frozenset(" \t\"'(\u201c\u2018*-")
+
+
 def _tokens(text: str) -> list[_Token]:
     out = []
     for m in _TOKEN.finditer(text):
-        before = text[: m.start()].rstrip(" \t\"'(\u201c\u2018*-")
-        sentence_start = not before or before[-1] in ".!?:\n"
+        j = m.start() - 1
+        while j >= 0 and text[j] in _SKIP_BEFORE_WORD:
+            j -= 1
+        sentence_start = j < 0 or text[j] in ".!?:\n"
         raw = m.group(0)
         out.append(_Token(raw, raw.lower().replace("\u2019", "'"), len(out), sentence_start,
                           raw[0].isdigit()))
@@ -403,16 +410,18 @@ def _rule_repetition(summary_toks: list[_Token], summary: str) -> tuple[float, l
     trigrams = [tuple(lowered[i : i + 3]) for i in range(len(lowered) - 2)]
     repeated = len(trigrams) - len(set(trigrams))
     share = repeated / len(trigrams) if trigrams else 0.0
-    score = max(0.0, 1.0 - 2.5 * share)
+    score = max(0.0, 1.0 - 4.0 * share)
     notes = [f"{repeated} repeated word trigrams"] if repeated else []
-    seen: set[str] = set()
+    seen: set[tuple[str, ...]] = set()  # trigrams of the sentences so far
     for sentence in _sentences(summary):
-        key = " ".join(t.lower for t in _tokens(sentence))
-        if len(key.split()) >= 3 and key in seen:
+        words_ = [t.lower for t in _tokens(sentence)]
+        grams = {tuple(words_[i : i + 3]) for i in range(len(words_) - 2)}
+        # A sentence that mostly restates an earlier one (60%+ of its trigrams) is a repeat.
+        if len(words_) >= 4 and len(grams & seen) >= 0.6 * len(grams):
             score = min(score, 0.25)
             notes.append(f"repeated sentence: {sentence[:60]!r}")
             break
-        seen.add(key)
+        seen |= grams
     counts: dict[str, int] = {}
     for t in summary_toks:
         if _is_content(t) or _is_name(t):
@@ -508,7 +517,7 @@ def _rule_sentences(summary_toks: list[_Token]) -> tuple[float, list[str]]:
     share = sum(map(_is_function, word_toks)) / len(word_toks) if word_toks else 0.0
     if share >= MIN_FUNCTION_SHARE:
         return 1.0, []
-    return share / MIN_FUNCTION_SHARE, [f"reads like a keyword list ({share:.0%} function words)"]
+    return (share / MIN_FUNCTION_SHARE) ** 2, [f"reads like a keyword list ({share:.0%} function words)"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,6 +68,20 @@ def docker_host(image, tmp_path_factory):
         service.wait(timeout=30)
 
 
+def _exit_codes(image: str, since: float) -> list[int]:
+    """Exit codes of the containers of `image` that ended since `since`, from podman's event log.
+
+    kfp's DockerRunner cannot be trusted with them: when the container is removed (it runs them with
+    auto_remove) before it reads the exit code, it assumes 0 (kfp/local/docker_task_handler.py), and
+    podman 4.3's Docker-compatible API always loses that race, so a failed task reads SUCCESS."""
+    done = _podman("events", "--stream=false", "--since", f"{since:.3f}", "--filter", "event=died",
+                   "--format", "{{.Image}} {{.ContainerExitCode}}", timeout=60)
+    assert done.returncode == 0, done.stderr
+    # (podman 4.3's `--filter image=` matches nothing, so the image is picked here.)
+    return [int(code) for name, code in (line.rsplit(" ", 1) for line in done.stdout.splitlines())
+            if name == image]
+
+
 def _run_in_kfp(code: str, tmp_path: Path, docker_host: str, image: str) -> subprocess.CompletedProcess:
     """Run `code` after kfp.local.init(DockerRunner) in a fresh interpreter: components.image reads
     RLHF_CPU_IMAGE when it is first imported, so the component's base_image is the image under test."""
@@ -136,6 +150,13 @@ def test_image_is_pinned_non_root_and_holds_the_default_model(image):
     assert not wrong, f"(pinned, installed) differ: {wrong}"
     assert set(dists) - set(pins) == {"torch", "pip", "rlhf-pipeline"}
 
+    # Kubernetes may run the image as any uid: the baked model must still be readable.
+    other = _podman("run", "--rm", "--network", "none", "--user", "4242:4242", image, "python3", "-c",
+                    "from rlhf import models; p = models.resolve_model(); "
+                    "print(p, len(open(p + '/model.safetensors', 'rb').read(1 << 20)))")
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert other.stdout.split() == [got["model_path"], str(1 << 20)]
+
 
 def test_validation_component_runs_in_the_image(image, docker_host, root, tmp_path):
     data = root / "data"
@@ -145,6 +166,7 @@ def test_validation_component_runs_in_the_image(image, docker_host, root, tmp_pa
                       ("eval", samples.eval_dataset())):
         inputs[kind] = str(shutil.copy(src, data / Path(src).name))
 
+    start = time.time()
     done = _run_in_kfp(f"""
         task = validate_data(preference_dataset={inputs["preference"]!r},
                              prompt_dataset={inputs["prompt"]!r}, eval_dataset={inputs["eval"]!r},
@@ -154,6 +176,7 @@ def test_validation_component_runs_in_the_image(image, docker_host, root, tmp_pa
     """, tmp_path, docker_host, image)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"Found image '{image}'" in done.stdout, "the task did not run in the image under test"
+    assert _exit_codes(image, start) == [0]
     outputs = json.loads(done.stdout.strip().splitlines()[-1])
 
     # The same validation on the host, as the reference for what the container wrote.
@@ -180,10 +203,20 @@ def test_invalid_data_fails_the_task_with_file_and_line(image, docker_host, root
     good = {"input_text": "A post about a lost cat.", "candidate_0": "Cat lost.", "candidate_1": "A cat."}
     bad.write_text(json.dumps({**good, "choice": 0}) + "\n" + json.dumps({**good, "choice": "1"}) + "\n")
 
+    start = time.time()
     done = _run_in_kfp(f"""
-        validate_data(preference_dataset={str(bad)!r})
+        task = validate_data(preference_dataset={str(bad)!r})
+        print(json.dumps({{name: a.path for name, a in task.outputs.items()}}))
     """, tmp_path, docker_host, image)
     log = done.stdout + done.stderr
-    assert done.returncode != 0, "invalid data must fail the task: " + log[-3000:]
-    assert f"{bad}:2:" in log, log[-3000:]  # the problem as URI:LINE, printed inside the container
     assert f"Found image '{image}'" in log
+    # The executor in the container failed, with the problem as URI:LINE in the task's log...
+    assert _exit_codes(image, start) == [1], log[-3000:]
+    assert f"{bad}:2:" in log, log[-3000:]
+    # ...and left no outputs. (kfp then reports SUCCESS under podman 4.3 with no outputs, or fails
+    # the run under Docker: see _exit_codes.)
+    if done.returncode == 0:
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == {}, log[-3000:]
+        assert "finished with status" in log and "has no outputs" in log
+    task_dirs = list(root.glob("validate-data-*/validate-data"))
+    assert task_dirs and not [p for d in task_dirs for p in d.rglob("*") if p.is_file()]

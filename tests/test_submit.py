@@ -5,6 +5,7 @@ and bad parameter values that must send nothing."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 import yaml
@@ -13,6 +14,7 @@ from rlhf import cli
 from rlhf.commands.compile import compile_pipeline
 from standins import KfpStandIn, VertexStandIn
 
+SERVICE_ACCOUNT = "runner@p1.iam.gserviceaccount.com"
 KMS_KEY = "projects/p1/locations/us-central1/keyRings/ring/cryptoKeys/key"
 
 
@@ -36,8 +38,14 @@ def kfp_api():
 
 
 def _vertex_args(template, vertex, *extra):
+    # submit() checks the pipeline-root bucket in Cloud Storage (the emulator here): it creates a
+    # missing bucket and grants it to the run's service account, but an existing bucket, or no
+    # --service-account, makes it ask Resource Manager for the project number (60 s of retries
+    # offline). So: a fresh bucket per call and a service account.
+    root = f"gs://rlhf-root-{uuid.uuid4().hex[:10]}/runs"
     return ["submit", "--template", template, "--project", "p1", "--location", "us-central1",
-            "--pipeline-root", "gs://rlhf-standin-root/runs", "--api-endpoint", vertex.url, *extra]
+            "--pipeline-root", root, "--api-endpoint", vertex.url,
+            "--service-account", SERVICE_ACCOUNT, *extra]
 
 
 GOOD = ["--parameter", "preference_dataset=gs://rlhf-test-bucket/data/pref.jsonl",
@@ -49,14 +57,14 @@ def test_vertex_submit_sends_the_template_values_and_options(templates, vertex, 
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"reward_model_train_steps": 50, "kl_coeff": 0.2, "deploy_model": False,
                                   "instruction": "Summarize in less than 50 words."}))
-    code = cli.main(_vertex_args(
+    args = _vertex_args(
         templates["vertex"], vertex, *GOOD, "--parameter-file", str(params),
         "--parameter", "reward_model_train_steps=300",  # overrides the file
         "--parameter", "accelerator_type=TPU",
-        "--service-account", "runner@p1.iam.gserviceaccount.com",
         "--network", "projects/123/global/networks/vpc",
         "--encryption-spec-key-name", KMS_KEY, "--label", "team=nlp", "--label", "run=test-1",
-        "--display-name", "my-rlhf-run", "--no-cache"))
+        "--display-name", "my-rlhf-run", "--no-cache")
+    code = cli.main(args)
     assert code == 0, capsys.readouterr()
     created = vertex.requests_to("POST", r"/pipelineJobs$")
     assert len(created) == 1
@@ -67,7 +75,7 @@ def test_vertex_submit_sends_the_template_values_and_options(templates, vertex, 
     assert body["pipelineSpec"]["root"]["inputDefinitions"] == template["root"]["inputDefinitions"]
     assert body["pipelineSpec"]["root"]["dag"].keys() == template["root"]["dag"].keys()
     assert body["pipelineSpec"]["deploymentSpec"] == template["deploymentSpec"]
-    assert body["runtimeConfig"]["gcsOutputDirectory"] == "gs://rlhf-standin-root/runs"
+    assert body["runtimeConfig"]["gcsOutputDirectory"] == args[args.index("--pipeline-root") + 1]
     assert body["runtimeConfig"]["parameterValues"] == {
         "preference_dataset": "gs://rlhf-test-bucket/data/pref.jsonl",
         "prompt_dataset": "gs://rlhf-test-bucket/data/prompts.jsonl",
@@ -98,7 +106,7 @@ def test_vertex_submit_keeps_caching_and_wait_reports_the_final_state(templates,
     code = cli.main(_vertex_args(templates["vertex"], vertex, *GOOD, "--wait"))
     assert code == 0, capsys.readouterr()
     body = vertex.requests_to("POST", r"/pipelineJobs$")[0].body
-    assert "serviceAccount" not in body and "encryptionSpec" not in body
+    assert "encryptionSpec" not in body and "network" not in body
     caching = [t["cachingOptions"] for t in body["pipelineSpec"]["root"]["dag"]["tasks"].values()]
     assert all(c.get("enableCache") for c in caching)
     assert vertex.requests_to("GET", r"/pipelineJobs/")  # polled until done
@@ -186,7 +194,7 @@ def test_other_mistakes_exit_2_and_send_nothing(templates, case, message, tmp_pa
         elif case == "wrong-target":
             args[args.index(templates["vertex"])] = templates["kfp"]
         elif case == "bad-root":
-            args[args.index("gs://rlhf-standin-root/runs")] = "rlhf-test-bucket/runs"
+            args[args.index("--pipeline-root") + 1] = "rlhf-test-bucket/runs"
         elif case == "bad-kms":
             args += ["--encryption-spec-key-name", "my-key"]
         elif case == "bad-label":

@@ -23,7 +23,9 @@ DEFAULT_ROOT = "local_outputs"
 # pipeline's own defaults (Google's) are for GPUs.
 LOCAL_DEFAULTS = {
     "large_model_reference": "smollm2-135m-instruct",
-    "reward_model_train_steps": 20,
+    "reward_model_train_steps": 10,
+    "reward_model_batch_size": 4,
+    "reward_model_gradient_accumulation_steps": 1,
     "reinforcement_learning_train_steps": 8,
     "prompt_sequence_length": 256,
     "target_sequence_length": 32,

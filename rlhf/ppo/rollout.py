@@ -83,7 +83,7 @@ def sample(logits: torch.Tensor) -> torch.Tensor:
     E_i ~ Exp(1) picks i with probability p_i (the Gumbel-max trick in another form), and is far
     faster than torch.multinomial over a 50k vocabulary on CPU."""
     probs = torch.softmax(logits, dim=-1)
-    return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
+    return probs.div_(torch.empty_like(probs).exponential_()).argmax(-1)
 
 
 def _mark_step(device: torch.device) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 
@@ -22,7 +21,10 @@ from rlhf.errors import UserError
 
 log = logging.getLogger(__name__)
 
-_CANONICAL_KEYS = {"preference": {"messages", "chosen", "rejected"}, "eval": {"messages"}}
+# Canonical rows are written with every field of their dataclass, `source` included; user files
+# (Google's chat format has `messages` too, with `author`) are validated instead.
+_CANONICAL_KEYS = {"preference": {"messages", "chosen", "rejected", "source"},
+                   "eval": {"messages", "source", "reference"}}
 
 
 def _is_canonical(uri: str, kind: str) -> bool:
@@ -37,54 +39,56 @@ def _is_canonical(uri: str, kind: str) -> bool:
                 except ValueError:
                     return False
                 if not (isinstance(row, dict) and _CANONICAL_KEYS[kind] <= set(row)
-                        and isinstance(row.get("messages"), list)):
+                        and isinstance(row.get("messages"), list)
+                        and all(isinstance(m, dict) and "role" in m for m in row["messages"])):
                     return False
                 break
     return True
 
 
-def _validated(uri: str, kind: str, instruction: str) -> str:
-    """Validate a raw dataset into a temporary canonical file; UserError with the problems."""
-    from rlhf.data.validate import ValidateConfig, run_validation
-    out = tempfile.mkdtemp(prefix="rlhf-reward-data-")  # removed by the caller after reading
-    given = {"preference_dataset": uri} if kind == "preference" else {"preference_dataset": "", "eval_dataset": uri}
-    report = run_validation(ValidateConfig(output_dir=out, instruction=instruction, **given))
-    if not report.ok:
-        shutil.rmtree(out, ignore_errors=True)
-        raise UserError(report.problem_text())
-    return storage.join(out, "preference.jsonl" if kind == "preference" else "eval.jsonl")
+def _read_pairs(uri: str) -> list[PreferencePair]:
+    return [p for part in storage.expand(uri) for p in canonical.read_preference_pairs(part)]
 
 
-def load_preference_pairs(uri: str, instruction: str = "") -> list[PreferencePair]:
-    """Every pair in ``uri`` (canonical or raw); UserError when there are none."""
-    if not storage.exists(uri) and not any(c in uri for c in "*?["):
-        raise UserError(f"preference_dataset {uri}: no such file")
-    path = uri if _is_canonical(uri, "preference") else _validated(uri, "preference", instruction)
-    try:
-        pairs = [p for part in storage.expand(path) for p in canonical.read_preference_pairs(part)]
-    finally:
-        if path != uri:
-            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+def _read_eval_pairs(uri: str) -> list[PreferencePair]:
+    rows: list[EvalExample] = [r for part in storage.expand(uri) for r in canonical.read_eval_examples(part)]
+    return [PreferencePair(r.messages, r.chosen, r.rejected, r.source, r.instruction)
+            for r in rows if r.chosen is not None and r.rejected is not None]
+
+
+def _check_exists(uri: str, name: str) -> None:
+    if not any(c in uri for c in "*?[") and not storage.exists(uri):
+        raise UserError(f"{name} {uri}: no such file")
+
+
+def load_datasets(preference_uri: str, eval_uri: str = "",
+                  instruction: str = "") -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(training pairs, eval pairs). Canonical files are read directly; otherwise both are run
+    through validation together (UserError listing every problem by file and line). Eval pairs are
+    the eval rows that have both a chosen and a rejected response."""
+    _check_exists(preference_uri, "preference_dataset")
+    if eval_uri:
+        _check_exists(eval_uri, "eval_dataset")
+    if _is_canonical(preference_uri, "preference") and (not eval_uri or _is_canonical(eval_uri, "eval")):
+        pairs, eval_pairs = _read_pairs(preference_uri), (_read_eval_pairs(eval_uri) if eval_uri else [])
+    else:
+        from rlhf.data.validate import ValidateConfig, run_validation
+        out = tempfile.mkdtemp(prefix="rlhf-reward-data-")
+        try:
+            report = run_validation(ValidateConfig(preference_dataset=preference_uri, eval_dataset=eval_uri,
+                                                   output_dir=out, instruction=instruction))
+            if not report.ok:
+                raise UserError(report.problem_text())
+            pairs = _read_pairs(storage.join(out, "preference.jsonl"))
+            eval_pairs = _read_eval_pairs(storage.join(out, "eval.jsonl")) if eval_uri else []
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
     if not pairs:
-        raise UserError(f"preference_dataset {uri} holds no preference pairs")
-    return pairs
-
-
-def load_eval_pairs(uri: str, instruction: str = "") -> list[PreferencePair]:
-    """The preference pairs among the eval rows (rows with both chosen and rejected)."""
-    if not storage.exists(uri) and not any(c in uri for c in "*?["):
-        raise UserError(f"eval_dataset {uri}: no such file")
-    path = uri if _is_canonical(uri, "eval") else _validated(uri, "eval", instruction)
-    try:
-        rows: list[EvalExample] = [r for part in storage.expand(path) for r in canonical.read_eval_examples(part)]
-    finally:
-        if path != uri:
-            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
-    pairs = [PreferencePair(r.messages, r.chosen, r.rejected, r.source, r.instruction)
-             for r in rows if r.chosen is not None and r.rejected is not None]
-    if not pairs:
-        log.warning("eval_dataset %s has no rows with chosen and rejected responses: no eval/ metrics", uri)
-    return pairs
+        raise UserError(f"preference_dataset {preference_uri} holds no preference pairs")
+    if eval_uri and not eval_pairs:
+        log.warning("eval_dataset %s has no rows with chosen and rejected responses: no eval/ metrics",
+                    eval_uri)
+    return pairs, eval_pairs
 
 
 def split_heldout(n: int, fraction: float, cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

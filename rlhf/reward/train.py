@@ -170,8 +170,8 @@ def train_reward_model(config: RewardConfig) -> RewardResult:
     device = models.pick_device(config.device or None)
 
     # Data first: a bad file should fail before a model is loaded.
-    all_pairs = data.load_preference_pairs(config.preference_dataset, config.instruction)
-    eval_rows = data.load_eval_pairs(config.eval_dataset, config.instruction) if config.eval_dataset else []
+    all_pairs, eval_rows = data.load_datasets(config.preference_dataset, config.eval_dataset,
+                                              config.instruction)
     tokenizer = models.load_tokenizer(config.large_model_reference, padding_side="right",
                                       trust_remote_code=config.trust_remote_code)
     use_chat = (models.has_chat_template(tokenizer) if config.use_chat_template is None

@@ -1,0 +1,61 @@
+"""KFP component: send a training step's TensorBoard event files to a Vertex AI TensorBoard.
+
+The trainers write event files into their `tensorboard_logs` output; when the pipeline's
+`tensorboard_resource_id` is set, this uploads them into one TensorBoard experiment per pipeline run
+(one TensorBoard run per training step), so the `reward/...`, `loss/...`, `policy/...` curves appear
+under the same names as in the logs. `upload_logs` is plain Python (google-cloud-aiplatform only).
+"""
+
+import re
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input
+
+from components.image import IMAGE
+
+_TENSORBOARD = re.compile(r"^projects/([^/]+)/locations/([^/]+)/tensorboards/([^/]+)$")
+
+
+def parse_tensorboard_resource_id(resource_id: str) -> tuple[str, str, str]:
+    """`projects/P/locations/L/tensorboards/ID` -> (P, L, ID); ValueError naming the expected form."""
+    match = _TENSORBOARD.match(resource_id.strip())
+    if not match:
+        raise ValueError(f"tensorboard_resource_id {resource_id!r}: expected "
+                         f"projects/PROJECT_NUMBER/locations/LOCATION/tensorboards/TENSORBOARD_ID")
+    return match.group(1), match.group(2), match.group(3)
+
+
+def experiment_name(pipeline_job_name: str) -> str:
+    """A TensorBoard experiment id from the pipeline job name: lowercase letters, digits and '-'."""
+    name = re.sub(r"[^a-z0-9-]+", "-", pipeline_job_name.lower()).strip("-")
+    return (name or "rlhf")[:128]
+
+
+def upload_logs(logdir: str, tensorboard_resource_id: str, pipeline_job_name: str, run_name: str) -> str:
+    """Upload every event file under `logdir`; returns the experiment's resource name ('' when skipped)."""
+    if not tensorboard_resource_id.strip():
+        return ""
+    from google.cloud import aiplatform
+
+    project, location, tensorboard_id = parse_tensorboard_resource_id(tensorboard_resource_id)
+    experiment = experiment_name(pipeline_job_name)
+    aiplatform.upload_tb_log(
+        tensorboard_experiment_name=experiment, logdir=logdir, tensorboard_id=tensorboard_id,
+        project=project, location=location, experiment_display_name=pipeline_job_name,
+        run_name_prefix=f"{run_name}-")
+    return f"{tensorboard_resource_id.strip()}/experiments/{experiment}"
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def upload_tensorboard_logs(
+    tensorboard_logs: Input[Artifact],
+    tensorboard_resource_id: str,
+    run_name: str,
+    pipeline_job_name: str,
+) -> str:
+    """Upload `tensorboard_logs` to the Vertex TensorBoard `tensorboard_resource_id`; does nothing
+    when that is empty. Returns the TensorBoard experiment's resource name (or ''). Pass
+    `pipeline_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER`: one experiment per pipeline run."""
+    from components.tensorboard import upload_logs
+
+    return upload_logs(tensorboard_logs.path, tensorboard_resource_id, pipeline_job_name, run_name)

@@ -1,0 +1,147 @@
+"""Reward training end to end on a tiny model: it learns, only LoRA and the head train, outputs load
+with peft and RewardScorer, and bad input fails before training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf import models
+from rlhf.data.canonical import PreferencePair
+from rlhf.errors import UserError
+from rlhf.reward import batching
+from rlhf.reward.config import RewardConfig
+from rlhf.reward.modeling import build_reward_model
+from rlhf.reward.scorer import RewardScorer
+from rlhf.reward.train import Collator, lr_lambda, train_reward_model, train_step
+from test_reward_helpers import build_tiny_model, synthetic_rows, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    train = write_jsonl(d / "pref.jsonl", synthetic_rows(240, seed=1))
+    # Eval data in a user format (TRL prompt/chosen/rejected): validated on the way in.
+    raw = [{"prompt": r["messages"][0]["content"], "chosen": r["chosen"], "rejected": r["rejected"]}
+           for r in synthetic_rows(30, seed=2)]
+    return {"train": str(train), "eval": str(write_jsonl(d / "eval_raw.jsonl", raw))}
+
+
+def _config(tiny, data, out, **kw) -> RewardConfig:
+    base = dict(preference_dataset=data["train"], eval_dataset=data["eval"], output_dir=str(out),
+                large_model_reference=tiny, reward_model_train_steps=24, batch_size=8,
+                gradient_accumulation_steps=1, reward_model_learning_rate_multiplier=30,
+                eval_every=12, log_every=12, checkpoint_every=0, lora_target_modules=["q_proj", "v_proj"],
+                heldout_fraction=0.15)
+    base.update(kw)
+    return RewardConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "reward"
+    return out, train_reward_model(_config(tiny, data, out))
+
+
+def test_tiny_model_learns_easy_preferences(trained):
+    out, result = trained
+    m = result.metrics
+    assert m["heldout/pairs"] == 36 and m["eval/pairs"] == 30
+    assert m["heldout/accuracy"] >= 0.95 and m["eval/accuracy"] >= 0.95
+    assert m["heldout/roc_auc"] >= 0.95 and m["eval/margin"] > 1.0
+    assert m["loss/total"] < 0.3
+    history = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == list(range(1, 25))
+    assert "heldout/accuracy" in history[11] and "heldout/accuracy" not in history[10]
+    assert history[-1]["loss/total"] < history[0]["loss/total"]
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_outputs_load_with_peft_and_the_scorer(trained, tiny):
+    from peft import PeftModel
+    out, result = trained
+    info = json.loads((out / "reward_model.json").read_text())
+    assert info["base_model"] == tiny and info["use_chat_template"] is True
+    assert info["lora"]["target_modules"] == ["q_proj", "v_proj"] and info["lora"]["r"] == 4
+    assert info["normalization"]["std"] > 0 and info["normalization"]["pairs"] == 204
+    assert {"adapter_model.safetensors", "adapter_config.json", "score_head.safetensors",
+            "tokenizer.json"} <= {p.name for p in out.iterdir()}
+
+    scorer = RewardScorer(str(out))
+    rows = synthetic_rows(8, seed=5)
+    conversations = [r["messages"] for r in rows]
+    good = scorer.score(conversations, [r["chosen"] for r in rows])
+    bad = scorer.score(conversations, [r["rejected"] for r in rows])
+    assert (good.raw > bad.raw).all()
+    mean, std = info["normalization"]["mean"], info["normalization"]["std"]
+    np.testing.assert_allclose(good.normalized, (good.raw - mean) / std)
+
+    # Plain Hugging Face + peft gives the same reward at the last token.
+    tok = models.load_tokenizer(tiny)
+    base = models.load_sequence_classifier(tiny)
+    peft_model = PeftModel.from_pretrained(base, str(out)).eval()
+    ids = torch.tensor([scorer.encode(conversations[0], rows[0]["chosen"])])
+    with torch.no_grad():
+        hidden = peft_model.get_base_model().model(input_ids=ids).last_hidden_state[:, -1]
+        reward = peft_model.get_base_model().score(hidden).item()
+    assert reward == pytest.approx(good.raw[0], rel=1e-4, abs=1e-5)
+    assert ids[0, -1].item() == tok.eos_token_id
+
+
+def test_only_lora_and_score_head_train(tiny):
+    tok = models.load_tokenizer(tiny)
+    config = RewardConfig(preference_dataset="x", output_dir="x", reward_model_learning_rate_multiplier=10,
+                          lora_dropout=0.0)
+    model = build_reward_model(tiny, tok, lora_rank=4, lora_alpha=8, lora_dropout=0.0,
+                               target_modules=["q_proj", "v_proj"], seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(10, 0, "constant"))
+    pairs = [PreferencePair(r["messages"], r["chosen"], r["rejected"]) for r in synthetic_rows(16)]
+    encoded, _ = batching.encode_pairs(tok, pairs, 64, 32)
+    collate = Collator(model, tok.pad_token_id, True, torch.device("cpu"))
+    for _ in range(3):
+        metrics = train_step(model, collate, [encoded[:8], encoded[8:]], optimizer, scheduler, config)
+    assert np.isfinite(metrics["loss/total"]) and metrics["optim/grad_norm"] > 0
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(("lora_" in n) or ("modules_to_save" in n) for n in names)
+    assert any("score" in n for n in names)
+    for name, param in model.named_parameters():
+        changed = not torch.equal(param.detach(), before[name])
+        assert changed == (name in names), name
+
+
+def test_bad_settings_fail_before_training(tiny, data, tmp_path):
+    with pytest.raises(UserError, match="reward_model_train_steps is 0"):
+        train_reward_model(_config(tiny, data, tmp_path / "a", reward_model_train_steps=0))
+    with pytest.raises(UserError, match="prompt_sequence_length is -1"):
+        train_reward_model(_config(tiny, data, tmp_path / "a", prompt_sequence_length=-1))
+    with pytest.raises(UserError, match="'no-such-model'"):
+        train_reward_model(_config(tiny, data, tmp_path / "a", large_model_reference="no-such-model"))
+    with pytest.raises(UserError) as e:
+        train_reward_model(_config(tiny, data, tmp_path / "a", lora_target_modules=["query_key_value"]))
+    assert "'query_key_value'" in str(e.value) and "q_proj" in str(e.value) and "down_proj" in str(e.value)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Hi", "chosen": "Hello"}\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:1: .*rejected"):
+        train_reward_model(_config(tiny, data, tmp_path / "a", preference_dataset=str(bad)))
+    assert not (tmp_path / "a" / "reward_model.json").exists()
+
+
+def test_resuming_with_other_settings_is_refused(tiny, data, tmp_path):
+    out = tmp_path / "r"
+    train_reward_model(_config(tiny, data, out, reward_model_train_steps=2, checkpoint_every=1,
+                               eval_every=2, normalization_pairs=4))
+    with pytest.raises(UserError, match=r"other settings \(reward_lora_dim: 4 -> 8\)"):
+        train_reward_model(_config(tiny, data, out, reward_model_train_steps=2, checkpoint_every=1,
+                                   eval_every=2, normalization_pairs=4, reward_lora_dim=8))
