@@ -1,20 +1,139 @@
 """KFP components: upload the tuned model to the Vertex AI Model Registry and deploy it to an endpoint.
 
-`upload_and_deploy` is plain Python (google-cloud-aiplatform only) so it can be called and tested
-without kfp; the components are thin wrappers around it.
+`upload` and `deploy` are plain Python (google-cloud-aiplatform only) so they run and are tested
+without kfp; the components are thin wrappers around them. The uploaded directory is the tuned model
+in Hugging Face format (the policy merged into its base), served by a configurable container: by
+default Vertex Model Garden's vLLM image, which loads the model from the `gs://` directory itself.
 """
 
+import re
 from typing import NamedTuple, Optional
 
 from kfp import dsl
+from kfp.dsl import Input, Model
 
 from components.image import IMAGE
 
-# Vertex Model Garden's vLLM serving image: serves a Hugging Face model directory (the merged tuned
-# model) behind Vertex's prediction routes. Any container that does is fine: it is a pipeline parameter.
+# Vertex Model Garden's vLLM serving image (the one its Llama/Gemma notebooks deploy with).
 DEFAULT_SERVING_IMAGE = "us-docker.pkg.dev/vertex-ai/vertex-vision-model-garden-dockers/pytorch-vllm-serve:latest"
+SERVING_PORT = 8080
 
-DeployOutputs = NamedTuple("DeployOutputs", model_resource_name=str, endpoint_resource_name=str)
+
+def vllm_args(model_uri: str, accelerator_count: int, max_model_len: int) -> list[str]:
+    """The default container's command line: vLLM's HTTP server (`/generate`, `/ping`) on Vertex's port."""
+    return ["python", "-m", "vllm.entrypoints.api_server", "--host=0.0.0.0", f"--port={SERVING_PORT}",
+            f"--model={model_uri}", f"--tensor-parallel-size={max(int(accelerator_count), 1)}",
+            f"--max-model-len={int(max_model_len)}", "--swap-space=16", "--gpu-memory-utilization=0.9"]
+
+
+def default_display_name(large_model_reference: str, pipeline_job_name: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", large_model_reference.rstrip("/").rsplit("/", 1)[-1]).strip("-")
+    return f"{base or 'model'}-rlhf-{pipeline_job_name}"[:128]
+
+
+def _init(project: str, location: str, api_endpoint: str = ""):
+    from google.cloud import aiplatform
+
+    kwargs = {"project": project, "location": location}
+    if api_endpoint:  # private or regional endpoints; http:// is a local stand-in (no credentials)
+        kwargs.update(api_endpoint=api_endpoint, api_transport="rest")
+        if api_endpoint.startswith("http://"):
+            from google.auth.credentials import AnonymousCredentials
+            kwargs["credentials"] = AnonymousCredentials()
+    aiplatform.init(**kwargs)
+    return aiplatform
+
+
+def upload(*, model_uri: str, project: str, location: str, display_name: str,
+           serving_container_image_uri: str = DEFAULT_SERVING_IMAGE,
+           serving_container_args: Optional[list] = None, accelerator_count: int = 1,
+           max_model_len: int = 2048, encryption_spec_key_name: str = "", labels: Optional[dict] = None,
+           api_endpoint: str = "") -> str:
+    """Upload `model_uri` (a gs:// directory) to the Model Registry; returns the model's resource name."""
+    if not model_uri.startswith("gs://"):
+        raise ValueError(f"the tuned model is at {model_uri!r}; the Model Registry needs a gs:// directory "
+                         f"(run the pipeline with a gs:// pipeline root)")
+    aiplatform = _init(project, location, api_endpoint)
+    args = list(serving_container_args or [])
+    if not args and serving_container_image_uri == DEFAULT_SERVING_IMAGE:
+        args = vllm_args(model_uri, accelerator_count, max_model_len)
+    model = aiplatform.Model.upload(
+        display_name=display_name, artifact_uri=model_uri,
+        serving_container_image_uri=serving_container_image_uri, serving_container_args=args or None,
+        serving_container_ports=[SERVING_PORT], serving_container_predict_route="/generate",
+        serving_container_health_route="/ping", labels=labels or None,
+        encryption_spec_key_name=encryption_spec_key_name or None)
+    return model.resource_name
+
+
+def deploy(*, model_resource_name: str, project: str, location: str, display_name: str,
+           machine_type: str, accelerator_type: str, accelerator_count: int,
+           encryption_spec_key_name: str = "", api_endpoint: str = "") -> str:
+    """Create an endpoint and deploy the model on it (one replica); returns the endpoint's resource name."""
+    aiplatform = _init(project, location, api_endpoint)
+    model = aiplatform.Model(model_resource_name)
+    endpoint = aiplatform.Endpoint.create(display_name=display_name,
+                                          encryption_spec_key_name=encryption_spec_key_name or None)
+    model.deploy(endpoint=endpoint, deployed_model_display_name=display_name, machine_type=machine_type,
+                 accelerator_type=accelerator_type or None,
+                 accelerator_count=int(accelerator_count) if accelerator_type else None,
+                 min_replica_count=1, max_replica_count=1, traffic_percentage=100,
+                 encryption_spec_key_name=encryption_spec_key_name or None)
+    return endpoint.resource_name
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def upload_model(
+    tuned_model: Input[Model],
+    project: str,
+    location: str,
+    large_model_reference: str,
+    pipeline_job_name: str,
+    serving_container_image_uri: str,
+    serving_container_args: list,
+    serving_accelerator_count: int,
+    prompt_sequence_length: int,
+    target_sequence_length: int,
+    model_display_name: Optional[str] = None,
+    encryption_spec_key_name: str = "",
+    api_endpoint: str = "",
+) -> str:
+    """Upload the tuned model to the Vertex AI Model Registry; returns its resource name.
+    `api_endpoint`: a private or regional Vertex endpoint (default: the region's public one)."""
+    from components.deploy import default_display_name, upload
+
+    return upload(
+        model_uri=tuned_model.uri, project=project, location=location,
+        display_name=model_display_name or default_display_name(large_model_reference, pipeline_job_name),
+        serving_container_image_uri=serving_container_image_uri,
+        serving_container_args=serving_container_args, accelerator_count=serving_accelerator_count,
+        max_model_len=prompt_sequence_length + target_sequence_length,
+        encryption_spec_key_name=encryption_spec_key_name,
+        api_endpoint=api_endpoint)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def deploy_model_to_endpoint(
+    model_resource_name: str,
+    project: str,
+    location: str,
+    large_model_reference: str,
+    pipeline_job_name: str,
+    machine_type: str,
+    accelerator_type: str,
+    accelerator_count: int,
+    model_display_name: Optional[str] = None,
+    encryption_spec_key_name: str = "",
+    api_endpoint: str = "",
+) -> str:
+    """Create an endpoint and deploy the uploaded model on it; returns the endpoint's resource name."""
+    from components.deploy import default_display_name, deploy
+
+    return deploy(
+        model_resource_name=model_resource_name, project=project, location=location,
+        display_name=model_display_name or default_display_name(large_model_reference, pipeline_job_name),
+        machine_type=machine_type, accelerator_type=accelerator_type, accelerator_count=accelerator_count,
+        encryption_spec_key_name=encryption_spec_key_name, api_endpoint=api_endpoint)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

@@ -15,7 +15,7 @@ RewardModelOutputs = NamedTuple("RewardModelOutputs", reward_model=Model, tensor
 
 @functools.lru_cache(maxsize=None)
 def reward_model_stage(target: str):
-    @dsl.pipeline(name="train-reward-model",
+    @dsl.pipeline(name="reward-model",
                   description="Trains a LoRA reward model (Bradley-Terry) on the preference pairs.")
     def pipeline(
         preference_data: Input[Dataset],

@@ -21,6 +21,9 @@ LOCATION_PLACEHOLDER = "{{$.pipeline_google_cloud_location}}"
 
 PIPELINE_NAME = "rlhf-train-template"
 
+# Recorded in the compiled description; `rlhf submit` reads it to refuse a template built for elsewhere.
+_TARGET_NOTE = {"vertex": "vertex", "kfp": "kfp", "kfp-cpu": "kfp, no GPUs", "local": "local"}
+
 PipelineOutput = NamedTuple("Outputs", model_resource_name=str, endpoint_resource_name=str)
 
 
@@ -33,7 +36,7 @@ def build_pipeline(target: str = "vertex"):
     train_reward_model = reward_model_stage(target)
 
     @dsl.pipeline(name=PIPELINE_NAME,
-                  description=f"Performs reinforcement learning from human feedback (target: {target}).")
+                  description=f"Performs reinforcement learning from human feedback (target: {_TARGET_NOTE[target]}).")
     def rlhf_pipeline(
         # Google's rlhf_pipeline parameters, in its order, with its defaults.
         prompt_dataset: str,

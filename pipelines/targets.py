@@ -5,6 +5,8 @@
   memory limits; Vertex picks the smallest machine that fits them.
 - `kfp`: a Kubeflow Pipelines cluster. Training tasks ask for `nvidia.com/gpu` (the Kubernetes resource
   name; the GPU model is whatever the cluster's GPU nodes carry).
+- `kfp-cpu`: a Kubeflow Pipelines cluster without GPUs (a kind cluster on a laptop): CPU and memory
+  only.
 - `local`: kfp's local runner. Nothing is requested (the local runner ignores resources anyway).
 """
 
@@ -18,7 +20,7 @@ from kfp.dsl.pipeline_channel import PipelineChannel
 
 from components.image import TPU_IMAGE
 
-TARGETS = ("vertex", "kfp", "local")
+TARGETS = ("vertex", "kfp", "kfp-cpu", "local")
 KFP_GPU_RESOURCE = "nvidia.com/gpu"
 
 # Small CPU steps (validation, uploads, bookkeeping): Vertex's default e2-standard-4 fits them.
@@ -51,7 +53,10 @@ def request_accelerator(task: PipelineTask, target: str, accelerator_type, accel
     if image:
         task.set_container_image(image)
     kind = accelerator_type if target == "vertex" else KFP_GPU_RESOURCE
-    task.set_accelerator_type(kind).set_accelerator_limit(accelerator_count)
+    if target == "kfp-cpu":
+        kind = accelerator_count = None
+    else:
+        task.set_accelerator_type(kind).set_accelerator_limit(accelerator_count)
     if cpu_limit is not None:
         task.set_cpu_limit(cpu_limit)
     if memory_limit is not None:

@@ -32,8 +32,10 @@ rules 1 and 4-9 whether it says them the right way (form). The judge's score is
 content x form x sentences, content and form each the weighted mean of their rules (weights in
 `CONSTITUTION`). A product, so no part can buy off another: a short, fluent reply that says
 nothing scores low however flawless its form, and a string of keywords is not a summary however
-many facts it lists. A summary with fewer than `MIN_WORDS` words scores 0. Everything is pure Python and fast
-(about 0.1 ms per summary), so evaluation can run it on CPU next to any model.
+many facts it lists. A summary with fewer than `MIN_WORDS` words scores 0.
+
+Everything is pure Python and fast (a few milliseconds per summary), so evaluation can run it on
+CPU next to any model.
 
 Change `JUDGE_VERSION` whenever a change can move a score: the sample data records the version
 that labelled it, and `tests/test_sample_data.py` fails until the data is rebuilt with
@@ -42,6 +44,7 @@ that labelled it, and `tests/test_sample_data.py` fails until the data is rebuil
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Optional
@@ -168,7 +171,8 @@ _IRREGULAR = {
         "take": "took taken", "write": "wrote written", "eat": "ate eaten", "drive": "drove driven",
         "run": "ran", "begin": "began begun", "choose": "chose chosen", "meet": "met", "feel": "felt",
         "keep": "kept", "sleep": "slept", "win": "won", "hide": "hid hidden", "steal": "stole stolen",
-        "swim": "swam swum", "sew": "sewn", "show": "shown", "fly": "flew flown", "grow": "grew grown", "know": "knew known",
+        "swim": "swam swum", "sew": "sewn", "show": "shown", "fly": "flew flown",
+        "grow": "grew grown", "know": "knew known",
         "throw": "threw thrown", "build": "built", "send": "sent", "lend": "lent", "find": "found",
         "tell": "told", "sit": "sat", "stand": "stood", "understand": "understood",
         "wake": "woke woken", "bite": "bit bitten", "rise": "rose risen", "go": "went gone",
@@ -189,6 +193,7 @@ _SUFFIXES = ("ational", "ations", "ation", "ments", "ment", "ness", "ings", "ing
              "ed", "es", "s")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def stem(word: str) -> str:
     """A light suffix-stripping stemmer: `rent`, `rents`, `rented`, `renting` all become `rent`."""
     w = word.lower().replace("\u2019", "'")

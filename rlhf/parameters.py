@@ -208,18 +208,30 @@ def _range_problem(name: str, value: Any) -> Optional[str]:
     return None
 
 
+def _remote_path_problem(value: str, remote: str) -> Optional[str]:
+    """A dataset the pipeline's machines cannot read: on Vertex AI only Cloud Storage (gs:// or its
+    /gcs/ mount); on a Kubeflow cluster also an absolute path inside the pods (image or volume)."""
+    if value.startswith("gs://") or value.startswith("/gcs/"):
+        return None
+    if remote == "kfp" and value.startswith("/"):
+        return None
+    where = "a path inside the pipeline's pods (an absolute path) or " if remote == "kfp" else ""
+    return (f"{value!r} is a path on this machine, which the pipeline's machines cannot read: pass "
+            f"{where}a gs:// URI (upload with `gcloud storage cp FILE gs://BUCKET/DIR/`)")
+
+
 def _suggest(name: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def check_parameters(template: Template, values: Mapping[str, Any], sources: Mapping[str, str],
-                     raw_strings: Iterable[str] = (), remote: bool = False) -> dict[str, Any]:
+                     raw_strings: Iterable[str] = (), remote: Optional[str] = None) -> dict[str, Any]:
     """Typed, checked values; raises one UserError listing every problem.
 
     `sources` names where each value came from (a file or a flag), for the messages; names in
-    `raw_strings` hold command-line strings to convert. With `remote`, dataset parameters must be
-    `gs://` URIs (or `/gcs/` paths): a machine in the cloud cannot read a path on this one.
+    `raw_strings` hold command-line strings to convert. With `remote` ('vertex' or 'kfp'), dataset
+    parameters must be readable there (`_remote_path_problem`), not paths on this machine.
     """
     params = template.parameters
     raw = set(raw_strings)
@@ -244,9 +256,7 @@ def check_parameters(template: Template, values: Mapping[str, Any], sources: Map
             if problem:
                 problem = f"malformed Cloud Storage URI {typed!r}: {problem}"
         if problem is None and remote and name.endswith("_dataset") and typed:
-            if not (typed.startswith("gs://") or typed.startswith("/gcs/")):
-                problem = (f"{typed!r} is a path on this machine, which the pipeline's machines cannot "
-                           f"read; upload it (gcloud storage cp FILE gs://BUCKET/) and pass the gs:// URI")
+            problem = _remote_path_problem(typed, remote)
         if problem:
             problems.append(f"{where}: parameter {name!r} {problem}")
             continue
@@ -262,7 +272,7 @@ def check_parameters(template: Template, values: Mapping[str, Any], sources: Map
 
 
 def resolve_parameters(template: Template, parameter_file: Optional[str] = None,
-                       assignments: Iterable[str] = (), remote: bool = False) -> dict[str, Any]:
+                       assignments: Iterable[str] = (), remote: Optional[str] = None) -> dict[str, Any]:
     """Values from `parameter_file`, overridden by `NAME=VALUE` assignments, checked (see above)."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -273,3 +283,18 @@ def resolve_parameters(template: Template, parameter_file: Optional[str] = None,
     for name, value in overrides.items():
         values[name], sources[name] = value, f"--parameter {name}={value}"
     return check_parameters(template, values, sources, raw_strings=overrides, remote=remote)
+
+
+def parameter_table(template: Template) -> str:
+    """A Markdown table of every parameter: name, type, default and the description compiled in."""
+    declared = template.spec["root"]["inputDefinitions"]["parameters"]
+    words = {STRING: "str", INTEGER: "int", DOUBLE: "float", BOOLEAN: "bool", LIST: "list", STRUCT: "dict"}
+    rows = ["| parameter | type | default | description |", "|---|---|---|---|"]
+    for name, param in template.parameters.items():
+        if param.has_default:
+            default = f"`{json.dumps(param.default)}`"
+        else:
+            default = "*(none)*" if param.optional else "**required**"
+        text = " ".join(str(declared[name].get("description", "")).split()).replace("|", "\\|")
+        rows.append(f"| `{name}` | {words.get(param.type, param.type)} | {default} | {text} |")
+    return "\n".join(rows)

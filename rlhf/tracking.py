@@ -20,6 +20,7 @@ Names are namespaced (``reward/mean``, ``loss/value``, ``policy/kl``, ``eval/acc
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -173,6 +174,14 @@ class Tracker:
         self.close()
         self._purge_step = step + 1
         self.start(step)
+        # Event files lost with the machine (a staged local directory): write the history again.
+        if self.tensorboard_dir and self.history and not glob.glob(
+                os.path.join(self.tensorboard_dir, "events.out.tfevents.*")):
+            writer = self._tb()
+            for row in self.history:
+                for name, value in row.items():
+                    if name != "step":
+                        writer.add_scalar(name, value, row["step"])
 
     def __enter__(self):
         return self

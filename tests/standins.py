@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 
 @dataclass
@@ -165,12 +165,15 @@ class VertexStandIn(StandIn):
     def _upload_model(self, request, project, location):
         model_id = str(len(self.models) + 1000)
         name = f"projects/{project}/locations/{location}/models/{model_id}"
-        model = dict((request.body or {}).get("model", {}), name=name, versionId="1")
+        # Vertex marks a custom-container model as deployable on dedicated machines.
+        model = dict((request.body or {}).get("model", {}), name=name, versionId="1",
+                     supportedDeploymentResourcesTypes=["DEDICATED_RESOURCES"])
         self.models[name] = model
         return 200, self._operation(name, {"model": name, "modelVersionId": "1"},
                                     "type.googleapis.com/google.cloud.aiplatform.v1.UploadModelResponse")
 
     def _get_model(self, request, project, location, model_id):
+        model_id = unquote(model_id).split("@")[0]  # models/ID@VERSION
         name = f"projects/{project}/locations/{location}/models/{model_id}"
         return (200, self.models[name]) if name in self.models else (404, {"error": {"code": 404}})
 

@@ -47,9 +47,8 @@ def test_evaluate_component_through_kfp_local(local_runner, tiny, tiny_reward_mo
                        training_logs=history.output, large_model_reference=base,
                        target_sequence_length=8, batch_size=4, num_report_samples=2)
 
-    task = pipeline(eval_uri=str(data), policy_uri=adapter_dir, reward_uri=tiny_reward_model,
-                    logs_uri=str(logs.parent), base=base_dir)
-    out = task.outputs if hasattr(task, "outputs") else task
+    pipeline(eval_uri=str(data), policy_uri=adapter_dir, reward_uri=tiny_reward_model,
+             logs_uri=str(logs.parent), base=base_dir)
     root = local_runner / "root"
     # Outputs land under the pipeline root: find them by name.
     report = next(root.rglob("report"))
@@ -71,11 +70,11 @@ def test_evaluate_component_through_kfp_local(local_runner, tiny, tiny_reward_mo
     rows = [json.loads(line) for line in (predictions / "tuned.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and set(rows[0]) == {"inputs", "prediction"}
     assert {"base.jsonl", "tuned.jsonl", "scores.jsonl"} <= set(os.listdir(predictions))
-    del out
 
 
-def test_training_logs_are_optional(tmp_path, tiny, tiny_reward_model):  # noqa: F811
-    """Unset, the optional history input arrives as None: the report then has no training curves."""
+def test_training_logs_are_optional_and_options_set_other_fields(tmp_path, tiny, tiny_reward_model):  # noqa: F811
+    """Unset, the optional history input arrives as None: the report then has no training curves;
+    `options` sets EvalConfig fields that are not parameters."""
     from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
 
     from components.evaluate import evaluate_model
@@ -93,7 +92,8 @@ def test_training_logs_are_optional(tmp_path, tiny, tiny_reward_model):  # noqa:
         eval_data=artifact(Dataset, "eval", str(data)), tuned_policy=artifact(Model, "policy", adapter_dir),
         reward_model=artifact(Model, "rm", tiny_reward_model), report=report, summary=summary,
         metrics=metrics, predictions=predictions, training_logs=None, large_model_reference=base_dir,
-        target_sequence_length=4, max_examples=2)
+        target_sequence_length=4, max_examples=2, options={"measure_kl": False})
     html = Path(report.path).read_text()
     assert "Training curves" not in html and "Samples (2 prompts" in html
     assert metrics.metadata["eval/num_prompts"] == 2 and "eval/judge_win_rate" in metrics.metadata
+    assert "eval/kl" not in metrics.metadata  # `options` reached the config

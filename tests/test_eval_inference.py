@@ -50,9 +50,21 @@ def build_tiny_models(root: Path, seed: int = 0) -> tuple[str, str]:
     return str(base_dir), str(adapter_dir)
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(dir)` once per test session, shared by the eval test modules that import the fixture
+    (a module-scoped fixture imported elsewhere would build again)."""
+    root = tmp_path_factory.getbasetemp() / name
+    if not (root / ".done").exists():
+        root.mkdir(exist_ok=True)
+        build(root)
+        (root / ".done").touch()
+    return root
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return build_tiny_models(tmp_path_factory.mktemp("tiny"))
+    root = built_once(tmp_path_factory, "eval-tiny", build_tiny_models)
+    return str(root / "base"), str(root / "adapter")
 
 
 @pytest.fixture(scope="module")
@@ -87,15 +99,15 @@ def test_adapter_is_loaded_on_one_shared_base(pair, tiny):
 
 def test_batched_greedy_generation_equals_one_by_one(pair, prompts):
     _, ids = prompts
-    settings = inference.GenerationSettings(max_new_tokens=12, batch_size=3)
+    settings = inference.GenerationSettings(max_new_tokens=8, batch_size=3)
     batched = inference.generate(pair.tuned, pair.tokenizer, ids, settings)
     single = inference.generate(pair.tuned, pair.tokenizer, ids,
-                                inference.GenerationSettings(max_new_tokens=12, batch_size=1))
+                                inference.GenerationSettings(max_new_tokens=8, batch_size=1))
     assert [g.response_ids for g in batched] == [g.response_ids for g in single]
     eos = inference.eos_token_ids(pair.tuned, pair.tokenizer)
     for g, p in zip(batched, ids):
         assert g.prompt_ids == p  # results come back in the input order
-        assert 0 < len(g.response_ids) <= 12
+        assert 0 < len(g.response_ids) <= 8
         assert g.finished == (g.response_ids[-1] in eos)
         assert g.text == pair.tokenizer.decode(g.response_ids, skip_special_tokens=True).strip()
     with pair.base() as base:
@@ -155,3 +167,20 @@ def test_prediction_rows_have_the_google_bulk_inferrer_shape(tmp_path, pair, pro
     assert lines[0]["inputs"]["inputs_pretokenized"] == "Summarize:\n\n" + POSTS[0]
     assert lines[0]["inputs"]["targets_pretokenized"] == "ref" and lines[1]["inputs"]["targets_pretokenized"] == ""
     assert [line["prediction"] for line in lines] == [g.text for g in gens]
+
+
+def test_full_model_is_loaded_beside_a_separate_base(tmp_path, pair, tiny):
+    """A tuned *model folder* (here the adapter merged into the base) is compared with a separately
+    loaded base; its outputs equal the adapter's."""
+    from peft import PeftModel
+
+    base_dir, adapter_dir = tiny
+    merged = PeftModel.from_pretrained(models.load_causal_lm(base_dir, device="cpu"), adapter_dir).merge_and_unload()
+    merged.save_pretrained(tmp_path / "merged")
+    full = load_policy_pair(str(tmp_path / "merged"), base_dir, device="cpu")
+    assert not full.shares_base and full.base_reference == base_dir
+    ids = torch.tensor([[1, 20, 30, 40]])
+    with torch.inference_mode():
+        assert torch.allclose(full.tuned(input_ids=ids).logits, pair.tuned(input_ids=ids).logits, atol=1e-4)
+        with full.base() as b1, pair.base() as b2:
+            assert torch.allclose(b1(input_ids=ids).logits, b2(input_ids=ids).logits, atol=1e-5)

@@ -8,6 +8,7 @@ import pytest
 
 from rlhf.errors import UserError
 from rlhf.evaluate import report as R
+from rlhf.evaluate.history import read_history
 
 EVIL = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'
 
@@ -114,13 +115,27 @@ def test_read_history_from_file_or_directory(tmp_path):
     run.mkdir(parents=True)
     rows = [{"step": 2, "reward/mean": 0.5}, {"step": 1, "reward/mean": 0.1}, {"note": "no step"}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert [r["step"] for r in R.read_history(str(run / "metrics.jsonl"))] == [1, 2]
-    assert len(R.read_history(str(tmp_path / "ppo"))) == 2  # found one level down
-    with pytest.raises(UserError, match="no metrics.jsonl"):
-        R.read_history(str(tmp_path / "nowhere"))
+    assert [r["step"] for r in read_history(str(run / "metrics.jsonl"))] == [1, 2]
+    assert len(read_history(str(tmp_path / "ppo"))) == 2  # found one level down
+    with pytest.raises(UserError, match="no metrics.jsonl and no TensorBoard"):
+        read_history(str(tmp_path / "nowhere"))
     (run / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
     with pytest.raises(UserError, match=r"metrics.jsonl:2"):
-        R.read_history(str(run / "metrics.jsonl"))
+        read_history(str(run / "metrics.jsonl"))
+
+
+def test_read_history_from_tensorboard_events(tmp_path):
+    """A TensorBoard log directory (what the trainers' Tracker writes) serves when no metrics.jsonl is there."""
+    from rlhf.tracking import Tracker
+
+    tracker = Tracker(total_steps=3, tensorboard_dir=str(tmp_path / "tb" / "run"))
+    for step in (1, 2, 3):
+        tracker.log(step, {"reward/mean": 0.25 * step, "policy/kl": 0.5 / step})
+    tracker.close()
+    rows = read_history(str(tmp_path / "tb"))
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["reward/mean"] for r in rows] == pytest.approx([0.25, 0.5, 0.75])
+    assert rows[1]["policy/kl"] == pytest.approx(0.25)
 
 
 def test_line_chart_scales_points_inside_the_plot():

@@ -11,7 +11,7 @@ from rlhf.cli import main
 from rlhf.data import canonical
 from rlhf.evaluate.config import EvalConfig
 from rlhf.evaluate.run import evaluate
-from test_eval_inference import POSTS, tiny  # noqa: F401  (fixture)
+from test_eval_inference import POSTS, built_once, tiny  # noqa: F401  (fixture)
 
 INSTRUCTION = "Summarize in less than 20 words."
 
@@ -41,16 +41,18 @@ def tiny_reward_model(tiny, tmp_path_factory):
     from rlhf.reward.train import train_reward_model
 
     base_dir, _ = tiny
-    root = tmp_path_factory.mktemp("reward")
-    pairs = [{"input_text": f"{POSTS[i % len(POSTS)]} ({i})", "candidate_0": "A short, kind summary.",
-              "candidate_1": "no no no no no", "choice": 0} for i in range(16)]
-    write_jsonl(root / "pref.jsonl", pairs)
-    train_reward_model(RewardConfig(
-        preference_dataset=str(root / "pref.jsonl"), output_dir=str(root / "rm"), large_model_reference=base_dir,
-        reward_model_train_steps=3, batch_size=4, gradient_accumulation_steps=1, checkpoint_every=0,
-        eval_every=3, heldout_fraction=0.0, normalization_pairs=8, prompt_sequence_length=128,
-        target_sequence_length=16, device="cpu"))
-    return str(root / "rm")
+
+    def build(root: Path) -> None:
+        pairs = [{"input_text": f"{POSTS[i % len(POSTS)]} ({i})", "candidate_0": "A short, kind summary.",
+                  "candidate_1": "no no no no no", "choice": 0} for i in range(16)]
+        write_jsonl(root / "pref.jsonl", pairs)
+        train_reward_model(RewardConfig(
+            preference_dataset=str(root / "pref.jsonl"), output_dir=str(root / "rm"),
+            large_model_reference=base_dir, reward_model_train_steps=3, batch_size=4,
+            gradient_accumulation_steps=1, checkpoint_every=0, eval_every=3, heldout_fraction=0.0,
+            normalization_pairs=8, prompt_sequence_length=128, target_sequence_length=16, device="cpu"))
+
+    return str(built_once(tmp_path_factory, "eval-reward", build) / "rm")
 
 
 def _config(tmp_path, data, model, **kw) -> EvalConfig:
@@ -143,3 +145,27 @@ def test_cli_user_mistakes_exit_2_with_a_clear_message(tmp_path, tiny, capsys, c
     message = [line for line in err.splitlines() if line.startswith("error: ")]
     assert message and expected in err[err.index("error: "):] and "Traceback" not in err
     assert not (tmp_path / "o" / "report.html").exists()  # nothing half-written
+
+
+def test_evaluate_reads_and_writes_cloud_storage(tmp_path, tiny, gcs_prefix):  # noqa: F811
+    """Eval data, the adapter (as a PPO output directory holding `policy_adapter/` and its
+    `metrics.jsonl`) and every output in gs:// (the storage emulator)."""
+    from rlhf import storage
+
+    base_dir, adapter_dir = tiny
+    ppo_dir = f"{gcs_prefix}/ppo"
+    storage.upload_dir(adapter_dir, f"{ppo_dir}/policy_adapter")
+    storage.write_text(f"{ppo_dir}/metrics.jsonl",
+                       "".join(json.dumps({"step": s, "reward/mean": s / 10, "policy/kl": s / 50}) + "\n"
+                               for s in range(1, 5)))
+    storage.write_text(f"{gcs_prefix}/eval.jsonl", "".join(json.dumps(r) + "\n" for r in eval_rows()))
+    out = f"{gcs_prefix}/out"
+    result = evaluate(EvalConfig(eval_dataset=f"{gcs_prefix}/eval.jsonl", model=ppo_dir, output_dir=out,
+                                 large_model_reference=base_dir, target_sequence_length=4, max_examples=2,
+                                 device="cpu"))
+    assert result.metrics["eval/num_prompts"] == 2
+    assert storage.read_text(f"{out}/summary.md") == result.summary
+    html = storage.read_text(f"{out}/report.html")
+    assert html.count("<polyline") == 2  # the PPO directory's own history was found and charted
+    rows = storage.read_text(f"{out}/predictions/tuned.jsonl").splitlines()
+    assert len(rows) == 2 and json.loads(rows[0])["inputs"]["inputs_pretokenized"].startswith(INSTRUCTION)

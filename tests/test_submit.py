@@ -120,6 +120,18 @@ def test_vertex_wait_exits_1_when_the_run_fails(templates, gcs_emulator, capsys)
     assert "PIPELINE_STATE_FAILED" in capsys.readouterr().out
 
 
+def test_vertex_refuses_a_local_path_that_kfp_pods_may_hold(templates, kfp_api, capsys):
+    local = ["--parameter", "eval_dataset=/data/eval.jsonl"]
+    with VertexStandIn() as vertex:
+        assert cli.main(_vertex_args(templates["vertex"], vertex, *GOOD, *local)) == 2
+        assert "a path on this machine" in capsys.readouterr().err
+        assert vertex.requests == []
+    # on a Kubeflow cluster an absolute path may be on a volume or in the image
+    assert cli.main(["submit", "--kfp-host", kfp_api.url, "--template", templates["kfp"], *GOOD, *local]) == 0
+    runs = kfp_api.requests_to("POST", r"/apis/v2beta1/runs$")
+    assert runs[0].body["runtime_config"]["parameters"]["eval_dataset"] == "/data/eval.jsonl"
+
+
 def test_kfp_submit_sends_the_run_to_the_v2beta1_api(templates, kfp_api, tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text("reinforcement_learning_train_steps: 40\neval_dataset: gs://rlhf-test-bucket/data/eval.jsonl\n")
@@ -153,7 +165,7 @@ def test_kfp_submit_sends_the_run_to_the_v2beta1_api(templates, kfp_api, tmp_pat
     (["--parameter", "deploy_model=maybe"], "must be true or false"),
     (["--parameter", "eval_dataset=gs:/bucket/eval.jsonl"], "malformed Cloud Storage URI"),
     (["--parameter", "eval_dataset=gs://Bad_Bucket!/eval.jsonl"], "not a valid bucket name"),
-    (["--parameter", "eval_dataset=/home/me/eval.jsonl"], "a path on this machine"),
+    (["--parameter", "eval_dataset=data/eval.jsonl"], "a path on this machine"),
     (["--parameter", "accelerator_type=FPGA"], "must be one of GPU, TPU"),
     (["--parameter", "steps"], "expected NAME=VALUE"),
 ])

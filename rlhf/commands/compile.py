@@ -14,8 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=("vertex", "kfp"), default="vertex",
                         help="vertex: accelerators by Vertex name (NVIDIA_L4, TPU_V5_LITEPOD, ...), upload and "
                              "deploy; kfp: nvidia.com/gpu on a Kubeflow cluster, no deploy (default: vertex)")
+    parser.add_argument("--no-gpu", action="store_true",
+                        help="with --target kfp: request no GPUs (a cluster without GPU nodes, e.g. kind)")
     parser.add_argument("--output", default=DEFAULT_OUTPUT,
                         help=f"where to write the YAML (default: {DEFAULT_OUTPUT})")
+    parser.add_argument("--list-parameters", action="store_true",
+                        help="also print a Markdown table of every pipeline parameter (type, default, meaning)")
     parser.add_argument("--image-registry", metavar="REGISTRY",
                         help="registry holding the rlhf-cpu/-gpu/-tpu images, e.g. "
                              "us-central1-docker.pkg.dev/PROJECT/rlhf (default: $RLHF_IMAGE_REGISTRY "
@@ -35,11 +39,20 @@ def compile_pipeline(target: str, output: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rlhf.errors import UserError
+
+    if args.no_gpu and args.target != "kfp":
+        raise UserError("--no-gpu applies to --target kfp (Vertex AI training always gets accelerators)")
+    target = "kfp-cpu" if args.no_gpu else args.target
     if args.image_registry:
         # components/image.py reads it when the components are first imported (below).
         os.environ["RLHF_IMAGE_REGISTRY"] = args.image_registry
-    path = compile_pipeline(args.target, args.output)
+    path = compile_pipeline(target, args.output)
     from components.image import IMAGE, TPU_IMAGE, TRAINER_IMAGE
-    print(f"wrote {path} (target: {args.target})")
+    print(f"wrote {path} (target: {target})")
     print(f"images: {IMAGE}, {TRAINER_IMAGE}" + (f", {TPU_IMAGE}" if args.target == "vertex" else ""))
+    if args.list_parameters:
+        from rlhf.parameters import load_template, parameter_table
+        print()
+        print(parameter_table(load_template(path)))
     return 0

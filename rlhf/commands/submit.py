@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     template = parameters.load_template(args.template)
     _check_destination(args, template)
     labels = submit.parse_labels(args.label)
-    values = parameters.resolve_parameters(template, args.parameter_file, args.parameter, remote=True)
+    values = parameters.resolve_parameters(template, args.parameter_file, args.parameter,
+                                           remote="kfp" if args.kfp_host else "vertex")
     if args.kfp_host and values.get("accelerator_type") == "TPU":
         raise UserError("accelerator_type=TPU: the Kubeflow Pipelines build requests NVIDIA GPUs "
                         "(nvidia.com/gpu) only; use GPU, or submit the Vertex build to Vertex AI")

@@ -8,13 +8,10 @@ Every piece of model or user text goes through `html.escape`: prompts and respon
 from __future__ import annotations
 
 import html
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from rlhf import storage
-from rlhf.errors import UserError
 from rlhf.evaluate import metrics as M
 
 # (label, base metric, tuned metric, format, what it means)
@@ -99,40 +96,7 @@ class ReportData:
 
 
 # ------------------------------------------------------------------------------------------------
-# Training history
-
-
-def read_history(uri: str) -> list[dict]:
-    """PPO training history: `metrics.jsonl` rows (`{"step": 3, "reward/mean": ...}`) from a file, or
-    from `metrics.jsonl` inside a directory (searched one level down too). Rows sorted by step."""
-    if not uri:
-        return []
-    candidates = [uri] if uri.endswith((".jsonl", ".jsonl.gz", ".json")) else [
-        storage.join(uri, "metrics.jsonl"), storage.join(uri, "*", "metrics.jsonl")]
-    path = None
-    for c in candidates:
-        try:
-            path = storage.expand(c)[0]
-            break
-        except UserError:
-            continue
-    if path is None:
-        raise UserError(f"training history {uri}: no metrics.jsonl there; give the metrics.jsonl file "
-                        f"written by `rlhf tune` or the directory that holds it")
-    rows = []
-    with storage.open_read(path, "rt") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise UserError(f"{path}:{n}: not a JSON line ({e}); the training history must be the "
-                                f"metrics.jsonl that `rlhf tune` writes") from None
-            if isinstance(row, dict) and "step" in row:
-                rows.append(row)
-    rows.sort(key=lambda r: r["step"])
-    return rows
+# Training history (read by rlhf.evaluate.history)
 
 
 def _series(history: Sequence[dict], name: str) -> list[tuple[float, float]]:
@@ -269,7 +233,8 @@ svg .grid{stroke:#e8eaed}svg .axis{fill:none;stroke:#9aa0a6}
 .sample{border:1px solid #dadce0;border-radius:6px;margin:14px 0;padding:8px 12px}
 .sample pre{white-space:pre-wrap;word-wrap:break-word;font-family:inherit;margin:4px 0}
 .side{display:grid;grid-template-columns:1fr 1fr;gap:12px}.side>div{background:#f8f9fa;padding:6px 10px;border-radius:4px}
-.win{outline:2px solid #188038}.scores{color:#5f6368;font-size:12px}.prompt{max-height:240px;overflow:auto}
+.cards{display:flex;gap:12px;margin:12px 0}.card{border:1px solid #dadce0;border-radius:6px;padding:8px 16px;min-width:140px}
+.big{font-size:26px;font-weight:bold}.win{outline:2px solid #188038}.scores{color:#5f6368;font-size:12px}.prompt{max-height:240px;overflow:auto}
 """
 
 
@@ -365,6 +330,27 @@ def _samples_html(samples: Sequence[Sample]) -> str:
     return "".join(out)
 
 
+# The numbers a reader wants first: (label, metric, format, show the sign)
+HEADLINE = [
+    ("Judge win rate", "eval/judge_win_rate", ".1%", False),
+    ("Judge score change", "eval/judge_delta", "+.3f", True),
+    ("Reward-model score change", "eval/reward_delta", "+.3f", True),
+    ("KL per token", "eval/kl", ".4f", False),
+]
+
+
+def _headline(m: dict[str, float]) -> str:
+    cards = []
+    for label, key, spec, signed in HEADLINE:
+        v = m.get(key)
+        if v is None or math.isnan(v):
+            continue
+        cls = ("up" if v > 0 else "down" if v < 0 else "") if signed else ""
+        cards.append(f'<div class="card"><div class="big {cls}">{format(v, spec)}</div>'
+                     f'<div class="scores">{html.escape(label)}</div></div>')
+    return f'<div class="cards">{"".join(cards)}</div>' if cards else ""
+
+
 def render_html(data: ReportData) -> str:
     """The whole report as one HTML document."""
     e = html.escape
@@ -373,6 +359,7 @@ def render_html(data: ReportData) -> str:
              "<h1>RLHF evaluation: tuned vs base</h1>"]
     if data.alarm:
         parts.append(f'<div class="alarm" role="alert">&#9888; {e(data.alarm)}</div>')
+    parts.append(_headline(data.metrics))
     if data.info:
         parts.append("<table class='info'>" + "".join(
             f"<tr><td><b>{e(k)}</b></td><td>{e(str(v))}</td></tr>" for k, v in data.info.items()) + "</table>")

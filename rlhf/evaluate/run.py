@@ -13,20 +13,18 @@ Outputs (`EvalOutputs.in_dir(output_dir)`):
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 from rlhf import models, storage
 from rlhf.data import canonical
-from rlhf.errors import UserError
 from rlhf.evaluate import metrics as M
 from rlhf.evaluate import report as R
 from rlhf.evaluate.config import EvalConfig
 from rlhf.evaluate.data import load_eval_examples
+from rlhf.evaluate.history import read_history
 from rlhf.evaluate.inference import Generation, GenerationSettings, generate, prediction_row, write_predictions
 
 log = logging.getLogger(__name__)
@@ -103,6 +101,31 @@ def _settings(config: EvalConfig) -> GenerationSettings:
                               top_k=config.top_k, seed=config.seed)
 
 
+def bulk_inference(config: EvalConfig, rows: list[canonical.EvalExample]):
+    """Responses of the tuned model (KL measured on the way) and of the base, for every row.
+    Returns ({"base": [Generation], "tuned": [...]}, KLResult or None, base reference, timings); the
+    models are freed when it returns."""
+    from rlhf.evaluate import kl as K
+    from rlhf.evaluate.policies import load_policy_pair
+
+    pair = load_policy_pair(config.model, config.large_model_reference, device=config.device or None)
+    prompts = [models.encode_prompt(pair.tokenizer, canonical.prompt_messages(r),
+                                    max_length=config.prompt_sequence_length) for r in rows]
+    settings = _settings(config)
+    accumulator = K.KLAccumulator()
+    t0 = time.perf_counter()
+    tuned = generate(pair.tuned, pair.tokenizer, prompts, settings, label="tuned",
+                     on_batch=K.measure_on_batches(pair.base, accumulator) if config.measure_kl else None,
+                     keep_logits=config.measure_kl)
+    t1 = time.perf_counter()
+    with pair.base() as base_model:
+        base = generate(base_model, pair.tokenizer, prompts, settings, label="base")
+    t2 = time.perf_counter()
+    timing = {"time/eval_generation_tuned_s": t1 - t0, "time/eval_generation_base_s": t2 - t1}
+    kl = accumulator.result() if config.measure_kl else None
+    return {"base": base, "tuned": tuned}, kl, pair.base_reference, timing
+
+
 def _history_source(config: EvalConfig) -> str:
     """The training history to chart: the one given, else a PPO output directory's own metrics.jsonl
     when the model given is that directory."""
@@ -126,8 +149,43 @@ def _loud(message: str) -> None:
     log.warning("\n%s\n%s\n%s", bar, message, bar)
 
 
+def _reward_metrics(raw: dict[str, list[float]], normalized: dict[str, list[float]]) -> dict[str, float]:
+    m = {}
+    for name in ("base", "tuned"):
+        m[f"eval/reward_{name}_mean"] = M.mean(raw[name])
+        m[f"eval/reward_{name}_std"] = M.std(raw[name])
+        m[f"eval/reward_{name}_normalized_mean"] = M.mean(normalized[name])
+    m["eval/reward_delta"] = m["eval/reward_tuned_mean"] - m["eval/reward_base_mean"]
+    m["eval/reward_win_rate"] = M.win_rate(raw["tuned"], raw["base"])
+    return m
+
+
+def _judge_metrics(judged: dict[str, list[float]]) -> dict[str, float]:
+    m = {f"eval/judge_{name}_mean": M.mean(judged[name]) for name in ("base", "tuned")}
+    m["eval/judge_delta"] = m["eval/judge_tuned_mean"] - m["eval/judge_base_mean"]
+    # From the scores, ties half (not `judge.prefer`, which breaks ties by length).
+    m["eval/judge_win_rate"] = M.win_rate(judged["tuned"], judged["base"])
+    return m
+
+
+def _rouge(rows, texts) -> tuple[dict[str, float], dict[str, list[Optional[float]]]]:
+    """ROUGE-L of both groups on the rows with a reference: (metrics, per-row scores or None)."""
+    with_ref = [i for i, r in enumerate(rows) if r.reference]
+    per_row: dict[str, list[Optional[float]]] = {name: [None] * len(rows) for name in texts}
+    if not with_ref:
+        return {}, per_row
+    m = {"eval/num_with_reference": float(len(with_ref))}
+    for name in texts:
+        scores = M.rouge_l([texts[name][i] for i in with_ref], [rows[i].reference for i in with_ref])
+        m[f"eval/rouge_l_{name}"] = M.mean(scores)
+        for i, s in zip(with_ref, scores):
+            per_row[name][i] = s
+    return m, per_row
+
+
 def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalResult:
-    """Run the whole evaluation (see module doc); user mistakes raise UserError before any model loads."""
+    """Run the whole evaluation (see module doc). User mistakes raise UserError before any model
+    loads; every output is written at the end, so a failed run leaves none."""
     import torch
 
     if outputs is None:
@@ -137,7 +195,7 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalR
         config.validate_inputs()
     rows = load_eval_examples(config.eval_dataset, config.instruction, config.max_examples)
     history_uri = _history_source(config)
-    history = R.read_history(history_uri) if history_uri else []
+    history = read_history(history_uri) if history_uri else []
     if config.reward_model:
         from rlhf.reward.outputs import read_info
         read_info(config.reward_model)  # not a reward model directory: fail before generating
@@ -145,89 +203,43 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalR
     metrics: dict[str, float] = {"eval/num_prompts": float(len(rows))}
     log.info("evaluating %s on %d eval prompts from %s", config.model, len(rows), config.eval_dataset)
 
-    # -- bulk inference --------------------------------------------------------------------------
-    from rlhf.evaluate import kl as K
-    from rlhf.evaluate.policies import load_policy_pair
-
-    pair = load_policy_pair(config.model, config.large_model_reference, device=config.device or None)
-    prompts = [models.encode_prompt(pair.tokenizer, canonical.prompt_messages(r),
-                                    max_length=config.prompt_sequence_length) for r in rows]
-    settings = _settings(config)
-    accumulator = K.KLAccumulator()
-    t0 = time.perf_counter()
-    tuned = generate(pair.tuned, pair.tokenizer, prompts, settings, label="tuned",
-                     on_batch=K.measure_on_batches(pair.base, accumulator) if config.measure_kl else None,
-                     keep_logits=config.measure_kl)
-    t1 = time.perf_counter()
-    with pair.base() as base_model:
-        base = generate(base_model, pair.tokenizer, prompts, settings, label="base")
-    t2 = time.perf_counter()
-    metrics["time/eval_generation_tuned_s"] = t1 - t0
-    metrics["time/eval_generation_base_s"] = t2 - t1
-    base_reference = pair.base_reference
-    del pair  # free the policy before the reward model loads
-    gc.collect()
+    gens, kl, base_reference, timing = bulk_inference(config, rows)
+    metrics.update(timing)
+    gc.collect()  # the policy is gone: free its memory before the reward model loads
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-    gens = {"base": base, "tuned": tuned}
     texts = {name: [g.text for g in g_list] for name, g_list in gens.items()}
-    for name in ("base", "tuned"):
-        write_predictions(storage.join(outputs.predictions_dir, f"{name}.jsonl"), (
-            prediction_row(canonical.prompt_text(r), t, r.reference or "") for r, t in zip(rows, texts[name])))
     metrics.update(_length_metrics(gens))
-
-    if config.measure_kl:
-        kl = accumulator.result()
+    if kl is not None:
         metrics.update({"eval/kl": kl.k1_token_mean, "eval/kl_seq": kl.k1_sequence_mean,
                         "eval/kl_full": kl.full_token_mean, "eval/kl_full_seq": kl.full_sequence_mean})
+    rouge_metrics, rouge = _rouge(rows, texts)
+    metrics.update(rouge_metrics)
 
-    # -- ROUGE-L against references --------------------------------------------------------------
-    with_ref = [i for i, r in enumerate(rows) if r.reference]
-    rouge: dict[str, list[Optional[float]]] = {"base": [None] * len(rows), "tuned": [None] * len(rows)}
-    if with_ref:
-        for name in ("base", "tuned"):
-            scores = M.rouge_l([texts[name][i] for i in with_ref], [rows[i].reference for i in with_ref])
-            metrics[f"eval/rouge_l_{name}"] = M.mean(scores)
-            for i, s in zip(with_ref, scores):
-                rouge[name][i] = s
-        metrics["eval/num_with_reference"] = float(len(with_ref))
-
-    # -- reward model ----------------------------------------------------------------------------
     raw: dict[str, list[float]] = {}
     normalized: dict[str, list[float]] = {}
     if config.reward_model:
         t = time.perf_counter()
         raw, normalized, pref = reward_scores(config.reward_model, rows, texts, config)
         metrics["time/eval_reward_s"] = time.perf_counter() - t
-        for name in ("base", "tuned"):
-            metrics[f"eval/reward_{name}_mean"] = M.mean(raw[name])
-            metrics[f"eval/reward_{name}_std"] = M.std(raw[name])
-            metrics[f"eval/reward_{name}_normalized_mean"] = M.mean(normalized[name])
-        metrics["eval/reward_delta"] = metrics["eval/reward_tuned_mean"] - metrics["eval/reward_base_mean"]
-        metrics["eval/reward_win_rate"] = M.win_rate(raw["tuned"], raw["base"])
+        metrics.update(_reward_metrics(raw, normalized))
         metrics.update(pref)
         if not pref:
             notes.append("no eval row carries a chosen/rejected pair: reward-model accuracy not measured")
     else:
         notes.append("no reward model given: reward-model scores and the reward-hacking alarm are skipped")
 
-    # -- independent judge -----------------------------------------------------------------------
-    judged: dict[str, list[float]] = {}
     verdicts: dict[str, list] = {}
+    judged: dict[str, list[float]] = {}
     judge_rules: dict[str, dict[str, float]] = {}
     if config.judge:
         t = time.perf_counter()
         verdicts = judge_results(rows, texts)
         metrics["time/eval_judge_s"] = time.perf_counter() - t
         judged = {name: [v.score for v in vs] for name, vs in verdicts.items()}
-        for name in ("base", "tuned"):
-            metrics[f"eval/judge_{name}_mean"] = M.mean(judged[name])
-            judge_rules[name] = {rule: M.mean([v.rules[rule] for v in verdicts[name]])
-                                 for rule in verdicts[name][0].rules}
-        metrics["eval/judge_delta"] = metrics["eval/judge_tuned_mean"] - metrics["eval/judge_base_mean"]
-        # Win rate from the scores, ties half (not `judge.prefer`, which breaks ties by length).
-        metrics["eval/judge_win_rate"] = M.win_rate(judged["tuned"], judged["base"])
+        judge_rules = {name: {rule: M.mean([v.rules[rule] for v in vs]) for rule in vs[0].rules}
+                       for name, vs in verdicts.items()}
+        metrics.update(_judge_metrics(judged))
     else:
         notes.append("the judge was turned off (--no-judge): no judge win rate")
 
@@ -243,6 +255,9 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalR
     def score(d, name, i):
         return d[name][i] if d else None
 
+    def notes_of(name, i):
+        return verdicts[name][i].notes if verdicts else []
+
     per_prompt = []
     for i, r in enumerate(rows):
         entry = {"index": i, "source": r.source, "prompt": canonical.prompt_text(r), "reference": r.reference}
@@ -250,23 +265,16 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalR
             g = gens[name][i]
             entry[name] = {"response": g.text, "tokens": len(g.response_ids), "finished": g.finished,
                            "reward": score(raw, name, i), "reward_normalized": score(normalized, name, i),
-                           "judge": score(judged, name, i),
-                           "judge_notes": verdicts[name][i].notes if verdicts else None,
+                           "judge": score(judged, name, i), "judge_notes": notes_of(name, i),
                            "rouge_l": rouge[name][i]}
-        if config.measure_kl:
-            entry["kl_seq"] = kl.k1_per_sequence[i]
-            entry["kl_full_seq"] = kl.full_per_sequence[i]
+        if kl is not None:
+            entry["kl_seq"], entry["kl_full_seq"] = kl.k1_per_sequence[i], kl.full_per_sequence[i]
         per_prompt.append(entry)
-    with storage.open_write(storage.join(outputs.predictions_dir, "scores.jsonl"), "wt") as f:
-        for entry in per_prompt:
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-
     samples = [R.Sample(prompt=canonical.prompt_text(r), base=texts["base"][i], tuned=texts["tuned"][i],
                         reference=r.reference or "", judge_base=score(judged, "base", i),
                         judge_tuned=score(judged, "tuned", i), reward_base=score(raw, "base", i),
-                        reward_tuned=score(raw, "tuned", i),
-                        judge_notes_base=verdicts["base"][i].notes if verdicts else [],
-                        judge_notes_tuned=verdicts["tuned"][i].notes if verdicts else [])
+                        reward_tuned=score(raw, "tuned", i), judge_notes_base=notes_of("base", i),
+                        judge_notes_tuned=notes_of("tuned", i))
                for i, r in enumerate(rows[:config.num_report_samples])]
     decoding = (f"sampling (temperature {config.temperature}, top-p {config.top_p}, top-k {config.top_k}, "
                 f"seed {config.seed})" if config.sampling else "greedy")
@@ -277,6 +285,11 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalR
     data = R.ReportData(metrics=metrics, info=info, alarm=alarm, reward_scores=raw, judge_scores=judged,
                         judge_rules=judge_rules, history=history, samples=samples, notes=notes)
     summary = R.render_markdown(data)
+
+    for name in ("base", "tuned"):
+        write_predictions(storage.join(outputs.predictions_dir, f"{name}.jsonl"), (
+            prediction_row(canonical.prompt_text(r), t, r.reference or "") for r, t in zip(rows, texts[name])))
+    write_predictions(storage.join(outputs.predictions_dir, "scores.jsonl"), per_prompt)
     storage.write_text(outputs.report_html, R.render_html(data))
     storage.write_text(outputs.summary_md, summary)
     storage.write_json(outputs.metrics_json, R.kfp_metrics(metrics))

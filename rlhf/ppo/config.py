@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from rlhf.errors import UserError
-from rlhf.ppo.kl import ESTIMATORS
-from rlhf.ppo.policy import VALUE_MODELS
+
+# Kept here (not imported from the torch modules) so `rlhf tune --help` does not load torch.
+ESTIMATORS = ("k1", "k3")
+VALUE_MODELS = ("head", "adapter")
 
 # The learning rate `reinforcement_learning_rate_multiplier` scales (LoRA parameters and value head,
 # AdamW). LoRA needs a larger rate than full fine-tuning: 1e-5 for full models is typical, 1e-4 for
@@ -60,9 +62,9 @@ class PPOConfig:
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (> 0)."})
     top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens (0: all)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (1: off)."})
-    missing_eos_penalty: Optional[float] = field(default=1.0, metadata={
-        "help": "Subtracted from the (normalized) score of a response that hits target_sequence_length "
-                "without EOS. Empty/None: no penalty."})
+    missing_eos_penalty: float = field(default=1.0, metadata={
+        "help": "Subtracted from the (normalized) score of a response that reaches target_sequence_length "
+                "without EOS (0: no penalty)."})
     # -- objective ----------------------------------------------------------------------------
     kl_estimator: str = field(default="k1", metadata={
         "help": f"Per-token KL estimator: {' or '.join(ESTIMATORS)} (k3 is non-negative, lower variance)."})
@@ -145,7 +147,7 @@ class PPOConfig:
         for name in ("cliprange", "cliprange_value"):
             if getattr(self, name) <= 0:
                 bad(name, "must be positive")
-        for name in ("vf_coef", "ent_coef", "max_grad_norm", "lora_dropout"):
+        for name in ("vf_coef", "ent_coef", "max_grad_norm", "lora_dropout", "missing_eos_penalty"):
             if getattr(self, name) < 0:
                 bad(name, "must be 0 or more")
         if not self.lora_target_modules:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-ESTIMATORS = ("k1", "k3")
+from rlhf.ppo.config import ESTIMATORS
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:

@@ -28,6 +28,7 @@ from rlhf import storage
 @dataclass(frozen=True)
 class OutputLayout:
     root: str
+    checkpoints: Optional[str] = None  # default <root>/checkpoints (a gs:// run keeps them remote)
 
     def _p(self, *parts: str) -> str:
         return storage.join(self.root, *parts)
@@ -58,7 +59,7 @@ class OutputLayout:
 
     @property
     def checkpoints_dir(self) -> str:
-        return self._p("checkpoints")
+        return self.checkpoints or self._p("checkpoints")
 
     def samples_path(self, step: int) -> str:
         return self._p("samples", f"step-{step:08d}.jsonl")

@@ -38,12 +38,12 @@ import torch
 from torch import nn
 
 from rlhf.errors import UserError
+from rlhf.ppo.config import VALUE_MODELS
 from rlhf.ppo.logprobs import token_logprobs
 
 log = logging.getLogger(__name__)
 
 POLICY, VALUE, REWARD = "policy", "value", "reward"
-VALUE_MODELS = ("head", "adapter")
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -10,13 +10,18 @@ import torch
 from rlhf.errors import UserError
 
 
-def load_prompt_ids(uri: str, tokenizer, max_length: int, instruction: Optional[str] = None,
-                    use_chat_template: Optional[bool] = None) -> tuple[list[list[int]], list[str]]:
-    """Read canonical prompts and encode them as the reward model saw its prompts.
+@dataclasses.dataclass
+class PromptSet:
+    ids: list[list[int]]        # token ids, the last `prompt_sequence_length` kept
+    texts: list[str]            # rendered prompts (for sample files)
+    messages: list[list[dict]]  # conversations with the instruction applied (for text scorers)
 
-    Returns token ids (the last ``max_length`` kept) and the rendered prompt texts (for samples).
-    ``instruction`` is used for rows that carry none (a row's own instruction wins, as in the
-    reward step)."""
+
+def load_prompts(uri: str, tokenizer, max_length: int, instruction: Optional[str] = None,
+                 use_chat_template: Optional[bool] = None) -> PromptSet:
+    """Read canonical prompts and encode them as the reward model saw its prompts
+    (``rlhf.models.encode_prompt``). ``instruction`` is used for rows that carry none (a row's own
+    instruction wins, as in the reward step)."""
     from rlhf.data import canonical
     from rlhf.models import encode_prompt, render_prompt
     rows = []
@@ -24,14 +29,15 @@ def load_prompt_ids(uri: str, tokenizer, max_length: int, instruction: Optional[
         rows.extend(canonical.read_prompts(path))
     if not rows:
         raise UserError(f"{uri}: no prompts; give the prompts JSONL that `rlhf validate` writes")
-    ids, texts = [], []
+    out = PromptSet([], [], [])
     for row in rows:
         if instruction and not row.instruction:
             row = dataclasses.replace(row, instruction=instruction)
         messages = canonical.prompt_messages(row)
-        ids.append(encode_prompt(tokenizer, messages, use_chat_template, max_length=max_length))
-        texts.append(render_prompt(tokenizer, messages, use_chat_template))
-    return ids, texts
+        out.ids.append(encode_prompt(tokenizer, messages, use_chat_template, max_length=max_length))
+        out.texts.append(render_prompt(tokenizer, messages, use_chat_template))
+        out.messages.append(messages)
+    return out
 
 
 def _expand(uri: str) -> list[str]:

@@ -36,6 +36,7 @@ class Rollout:
     entropy: torch.Tensor          # [B, T] float32
     values: Optional[torch.Tensor]  # [B, T] float32 (value head) or None
     ended: torch.Tensor            # [B] bool: the response ends with EOS
+    prompt_index: Optional[list[int]] = None  # rows of the prompt dataset (for text-based scoring)
 
     @property
     def prompt_width(self) -> int:

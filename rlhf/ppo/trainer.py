@@ -162,8 +162,10 @@ class PPOTrainer:
 
     def rollout(self, indices: Sequence[int]) -> Rollout:
         ids, mask = self._encode_batch(indices)
-        return generate(self.model, ids, mask, self.cfg.target_sequence_length, self.eos_id, self.pad_id,
-                        self.cfg.temperature, self.cfg.top_k, self.cfg.top_p)
+        r = generate(self.model, ids, mask, self.cfg.target_sequence_length, self.eos_id, self.pad_id,
+                     self.cfg.temperature, self.cfg.top_k, self.cfg.top_p)
+        r.prompt_index = list(indices)
+        return r
 
     def _check(self, name: str, value: torch.Tensor) -> None:
         if not bool(torch.isfinite(value).all()):
@@ -178,7 +180,7 @@ class PPOTrainer:
     def score(self, rollout: Rollout) -> torch.Tensor:
         scores = self.reward_fn(rollout).to(self.device, torch.float32)
         self._check("reward", scores)
-        if self.cfg.missing_eos_penalty is not None:
+        if self.cfg.missing_eos_penalty:
             scores = scores - self.cfg.missing_eos_penalty * (~rollout.ended).to(scores.dtype)
         return scores
 

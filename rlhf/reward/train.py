@@ -235,6 +235,7 @@ def train_reward_model(config: RewardConfig) -> RewardResult:
         tracker.load_state_dict({}, 0)  # a fresh run starts fresh files
 
     last_eval_step, evaluated, roc = -1, {}, {}
+    loop_start, eval_seconds = time.perf_counter(), 0.0
     for step in range(start, total):
         t0 = time.perf_counter()
         first = step * config.gradient_accumulation_steps
@@ -251,9 +252,11 @@ def train_reward_model(config: RewardConfig) -> RewardResult:
         done = step + 1
         step_eval = {}
         if done % config.eval_every == 0 or done == total:
+            t_eval = time.perf_counter()
             step_eval, roc = _evaluate(model, collate, eval_sets, config)
             evaluated = step_eval
             last_eval_step = done
+            eval_seconds += time.perf_counter() - t_eval
         tracker.log(done, {**sums, **scalar_metrics(step_eval)}, items=n_pairs)
         if config.checkpoint_every and (done % config.checkpoint_every == 0 or done == total):
             checkpoint.save(ckpt_root, done, trainable=checkpoint.trainable_state_dict(model),
@@ -261,8 +264,11 @@ def train_reward_model(config: RewardConfig) -> RewardResult:
                             state={"config": _fingerprint(config), "tracker": tracker.state_dict(),
                                    "data_position": (step + 1) * config.gradient_accumulation_steps})
     tracker.flush()
+    # Wall time of this process's training steps (evaluations excluded), for throughput reports.
+    train_seconds = time.perf_counter() - loop_start - eval_seconds
 
     final = tracker.summary()
+    final["time/train_s"] = train_seconds
     if last_eval_step != total:  # resumed from the final checkpoint: matrices and ROC again
         evaluated, roc = _evaluate(model, collate, eval_sets, config)
     final.update(evaluated)
@@ -292,8 +298,11 @@ def train_reward_model(config: RewardConfig) -> RewardResult:
     tracker.close()
     if tb_local != tb_dir:
         storage.upload_dir(tb_local, tb_dir)
-    if remote:
+    if remote:  # reward_model.json last: a reader that sees it sees a complete model
+        info_text = storage.read_text(os.path.join(local_out, outputs.INFO_FILE))
+        os.remove(os.path.join(local_out, outputs.INFO_FILE))
         storage.upload_dir(local_out, config.output_dir)
+        storage.write_text(storage.join(config.output_dir, outputs.INFO_FILE), info_text)
         shutil.rmtree(local_out, ignore_errors=True)
     return RewardResult(output_dir=config.output_dir, metrics=final, normalization=norm, steps=total,
                         resumed_from=resumed_from, roc=roc)

@@ -1,0 +1,28 @@
+"""`rlhf tune`: PPO-tune a LoRA policy against a trained reward model (flags mirror PPOConfig)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = ("Tune the policy with PPO against a trained reward model (KL-penalized against the frozen "
+        "base, one copy of the base weights) and write the policy adapter, metrics, TensorBoard logs "
+        "and sample generations. Rerun with the same --output-dir to resume from its last checkpoint; "
+        "launch with torchrun for several GPUs.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from rlhf.configargs import add_dataclass_arguments
+    from rlhf.ppo.config import PPOConfig
+    add_dataclass_arguments(parser, PPOConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlhf.configargs import dataclass_from_args
+    from rlhf.ppo.config import PPOConfig
+    config = dataclass_from_args(PPOConfig, args).validate()  # before torch and the model load
+    from rlhf.ppo.run import tune
+    summary = tune(config)
+    shown = {k: round(v, 4) for k, v in summary.items() if not k.startswith(("time/", "perf/"))}
+    print(json.dumps({"output_dir": config.output_dir, "metrics": shown}, indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,73 @@
+"""Reward functions for PPO: turn a rollout into one normalized score per response.
+
+- ``SharedBaseReward``: the reward model was trained as LoRA on the policy's own base checkpoint, so
+  it runs as adapter ``reward`` on the policy's weights (no second model in memory) and reads the
+  rollout's token ids directly: prompt tokens, response tokens, EOS, exactly the layout the reward
+  model was trained on (``rlhf.reward`` docstring).
+- ``SeparateReward``: any other reward model, loaded once, frozen, merged, in inference mode
+  (``RewardScorer``); responses are decoded and re-encoded the way that model was trained.
+
+Both return ``(raw − mean) / std`` with the statistics saved with the reward model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional, Sequence
+
+import torch
+
+from rlhf.ppo.policy import SharedBaseModel
+from rlhf.ppo.rollout import Rollout
+
+log = logging.getLogger(__name__)
+
+
+class SharedBaseReward:
+    def __init__(self, model: SharedBaseModel, model_dir: str, info: dict):
+        from safetensors.torch import load_file
+        from rlhf.reward import outputs
+        head = load_file(os.path.join(model_dir, info.get("score_head") or outputs.SCORE_HEAD_FILE))
+        mean, std = outputs.normalization(info)
+        model.attach_reward(model_dir, head["weight"], head.get("bias"), mean, std)
+        self.model = model
+
+    def __call__(self, rollout: Rollout) -> torch.Tensor:
+        return self.model.reward_scores(rollout.input_ids, rollout.attention_mask, rollout.last_index)
+
+
+class SeparateReward:
+    def __init__(self, model_dir: str, tokenizer, prompt_messages: Sequence[list], device=None, dtype=None,
+                 batch_size: int = 16):
+        from rlhf.reward.scorer import RewardScorer
+        self.scorer = RewardScorer(model_dir, device=device, dtype=dtype, batch_size=batch_size)
+        for p in self.scorer.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer, self.messages = tokenizer, list(prompt_messages)
+
+    def __call__(self, rollout: Rollout) -> torch.Tensor:
+        texts = [self.tokenizer.decode(rollout.response_ids[i, :int(n)].tolist(), skip_special_tokens=True)
+                 for i, n in enumerate(rollout.lengths)]
+        with torch.inference_mode():
+            scores = self.scorer.score_messages([self.messages[i] for i in rollout.prompt_index], texts)
+        return torch.as_tensor(scores.normalized, dtype=torch.float32)
+
+
+def shares_base(info: dict, policy_ref: str, policy_resolved: str) -> bool:
+    """True when the reward model's base checkpoint is the policy's."""
+    if info.get("base_model") == policy_ref:
+        return True
+    resolved = info.get("base_model_resolved")
+    return bool(resolved) and os.path.realpath(resolved) == os.path.realpath(policy_resolved)
+
+
+def build_reward(model_dir: str, info: dict, model: SharedBaseModel, policy_ref: str, policy_resolved: str,
+                 tokenizer, prompt_messages: Sequence[list], device=None, dtype=None,
+                 force_separate: bool = False):
+    """The reward function for a trained reward model directory (local)."""
+    if not force_separate and shares_base(info, policy_ref, policy_resolved):
+        log.info("reward model shares the policy's base: loaded as adapter 'reward' (one base copy)")
+        return SharedBaseReward(model, model_dir, info)
+    log.info("reward model has another base (%s): loaded apart, frozen", info.get("base_model"))
+    return SeparateReward(model_dir, tokenizer, prompt_messages, device=device, dtype=dtype)

@@ -1,0 +1,258 @@
+"""Compiling the pipeline: `python compile.py` and `rlhf compile` for both targets, checked against a
+golden summary (parameters and defaults, task graph, resources, images); Google parameter
+compatibility; image overrides; no secrets in the YAML; a well-formed graph."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"  # UPDATE_GOLDEN=1 pytest tests/test_compile.py rewrites them
+
+# google-cloud-pipeline-components 2.22.0, preview/llm/rlhf/component.py, rlhf_pipeline's signature:
+# (name, KFP type, default; None: no default and optional; REQUIRED: no default).
+REQUIRED = object()
+GOOGLE_PARAMETERS = [
+    ("prompt_dataset", "STRING", REQUIRED),
+    ("preference_dataset", "STRING", REQUIRED),
+    ("large_model_reference", "STRING", REQUIRED),
+    ("model_display_name", "STRING", None),
+    ("prompt_sequence_length", "NUMBER_INTEGER", 512),
+    ("target_sequence_length", "NUMBER_INTEGER", 64),
+    ("reward_model_learning_rate_multiplier", "NUMBER_DOUBLE", 1.0),
+    ("reinforcement_learning_rate_multiplier", "NUMBER_DOUBLE", 1.0),
+    ("reward_model_train_steps", "NUMBER_INTEGER", 1000),
+    ("reinforcement_learning_train_steps", "NUMBER_INTEGER", 1000),
+    ("kl_coeff", "NUMBER_DOUBLE", 0.1),
+    ("instruction", "STRING", None),
+    ("deploy_model", "BOOLEAN", True),
+    ("eval_dataset", "STRING", None),
+    ("project", "STRING", "{{$.pipeline_google_cloud_project_id}}"),
+    ("accelerator_type", "STRING", "GPU"),
+    ("location", "STRING", "{{$.pipeline_google_cloud_location}}"),
+    ("encryption_spec_key_name", "STRING", ""),
+    ("tensorboard_resource_id", "STRING", ""),
+]
+GOOGLE_OUTPUTS = {"model_resource_name": "STRING", "endpoint_resource_name": "STRING"}
+
+
+def _clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RLHF_") or k == "RLHF_CACHE"}
+    env.update(extra)
+    return env
+
+
+def _compile(tmp_path, target, *extra, cli="compile.py", env=None) -> dict:
+    out = tmp_path / f"{target}.yaml"
+    command = ([sys.executable, "compile.py"] if cli == "compile.py"
+               else [sys.executable, "-m", "rlhf", "compile"])
+    done = subprocess.run(command + ["--target", target, "--output", str(out), *extra], cwd=ROOT,
+                          env=env or _clean_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert str(out) in done.stdout
+    return yaml.safe_load(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compiled")
+    return {"vertex": _compile(tmp, "vertex"), "kfp": _compile(tmp, "kfp", cli="rlhf")}
+
+
+def summarize(spec: dict) -> dict:
+    """What the golden file pins: parameters, outputs, every DAG's tasks and every executor."""
+    root = spec["root"]
+    graphs = {}
+    for name, component in [("root", root), *sorted(spec["components"].items())]:
+        dag = component.get("dag")
+        if not dag:
+            continue
+        tasks = {}
+        for task_name, task in sorted(dag.get("tasks", {}).items()):
+            inputs = task.get("inputs", {})
+            tasks[task_name] = {
+                "component": task["componentRef"]["name"],
+                "display_name": task.get("taskInfo", {}).get("name"),
+                "after": sorted(task.get("dependentTasks", [])),
+                "condition": task.get("triggerPolicy", {}).get("condition"),
+                "caching": task.get("cachingOptions", {}).get("enableCache", False),
+                "parameters": {k: _source(v) for k, v in sorted(inputs.get("parameters", {}).items())},
+                "artifacts": {k: _source(v) for k, v in sorted(inputs.get("artifacts", {}).items())},
+            }
+        graphs[name] = {"inputs": sorted(component.get("inputDefinitions", {}).get("parameters", {})),
+                        "tasks": tasks}
+    executors = {}
+    for name, executor in sorted(spec["deploymentSpec"]["executors"].items()):
+        container = executor["container"]
+        executors[name] = {"image": container["image"], "resources": container.get("resources", {}),
+                           "env": sorted(e["name"] for e in container.get("env", []))}
+    parameters = {name: {"type": p["parameterType"], "default": p.get("defaultValue"),
+                         "optional": p.get("isOptional", False)}
+                  for name, p in sorted(root["inputDefinitions"]["parameters"].items())}
+    return {"pipeline": spec["pipelineInfo"], "parameters": parameters,
+            "outputs": {k: v["parameterType"] for k, v in root["outputDefinitions"]["parameters"].items()},
+            "graphs": graphs, "executors": executors}
+
+
+def _source(value: dict) -> str:
+    if "componentInputParameter" in value:
+        return f"input:{value['componentInputParameter']}"
+    if "componentInputArtifact" in value:
+        return f"input:{value['componentInputArtifact']}"
+    if "taskOutputParameter" in value:
+        o = value["taskOutputParameter"]
+        return f"task:{o['producerTask']}.{o['outputParameterKey']}"
+    if "taskOutputArtifact" in value:
+        o = value["taskOutputArtifact"]
+        return f"task:{o['producerTask']}.{o['outputArtifactKey']}"
+    if "runtimeValue" in value:
+        return f"constant:{json.dumps(value['runtimeValue'].get('constant'))}"
+    return json.dumps(value, sort_keys=True)
+
+
+@pytest.mark.parametrize("target", ["vertex", "kfp"])
+def test_compiled_pipeline_matches_the_golden_summary(compiled, target):
+    summary = summarize(compiled[target])
+    golden = GOLDEN / f"pipeline-{target}.json"
+    if UPDATE or not golden.exists():
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+        if not UPDATE:
+            pytest.fail(f"wrote the missing golden file {golden}; check it in and rerun")
+    expected = json.loads(golden.read_text())
+    assert summary == expected, (f"the compiled {target} pipeline changed; if on purpose, rerun with "
+                                 f"UPDATE_GOLDEN=1 and review the diff of {golden}")
+
+
+@pytest.mark.parametrize("target", ["vertex", "kfp"])
+def test_parameters_are_a_superset_of_googles_with_the_same_types_and_defaults(compiled, target):
+    declared = compiled[target]["root"]["inputDefinitions"]["parameters"]
+    for name, kind, default in GOOGLE_PARAMETERS:
+        assert name in declared, name
+        assert declared[name]["parameterType"] == kind, name
+        if default is REQUIRED:
+            assert "defaultValue" not in declared[name] and not declared[name].get("isOptional"), name
+        elif default is None:
+            assert "defaultValue" not in declared[name] and declared[name]["isOptional"], name
+        else:
+            assert declared[name]["defaultValue"] == default, name
+    outputs = compiled[target]["root"]["outputDefinitions"]["parameters"]
+    assert {k: v["parameterType"] for k, v in outputs.items()} == GOOGLE_OUTPUTS
+    assert compiled[target]["pipelineInfo"]["name"] == "rlhf-train-template"
+    # ours come after Google's, each with a default so the Vertex run form shows it editable
+    ours = set(declared) - {name for name, _, _ in GOOGLE_PARAMETERS}
+    assert ours
+    assert all("defaultValue" in declared[name] for name in ours), sorted(
+        n for n in ours if "defaultValue" not in declared[n])
+
+
+def _placeholders(value) -> set[str]:
+    return set(re.findall(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}", json.dumps(value)))
+
+
+@pytest.mark.parametrize("target", ["vertex", "kfp"])
+def test_every_reference_in_the_graph_resolves(compiled, target):
+    """Guards against two kfp 2.17 compiler traps: a parameter used only in a resource setting
+    inside a dsl.If (dropped from the group's inputs) and condition groups of a sub-pipeline and
+    its parent sharing a name (one overwrites the other)."""
+    spec = compiled[target]
+    components = spec["components"]
+    executors = spec["deploymentSpec"]["executors"]
+    for name, component in [("root", spec["root"]), *components.items()]:
+        dag = component.get("dag")
+        if not dag:
+            continue
+        params = set(component.get("inputDefinitions", {}).get("parameters", {}))
+        artifacts = set(component.get("inputDefinitions", {}).get("artifacts", {}))
+        for task_name, task in dag.get("tasks", {}).items():
+            inputs = task.get("inputs", {})
+            for key, value in inputs.get("parameters", {}).items():
+                if "componentInputParameter" in value:
+                    assert value["componentInputParameter"] in params, (name, task_name, key)
+            for key, value in inputs.get("artifacts", {}).items():
+                if "componentInputArtifact" in value:
+                    assert value["componentInputArtifact"] in artifacts, (name, task_name, key)
+            for key, value in {**inputs.get("parameters", {}), **inputs.get("artifacts", {})}.items():
+                for kind in ("taskOutputParameter", "taskOutputArtifact"):
+                    if kind in value:
+                        assert value[kind]["producerTask"] in dag["tasks"], (name, task_name, key)
+            ref = components[task["componentRef"]["name"]]
+            executor = executors.get(ref.get("executorLabel", ""), {})
+            for placeholder in _placeholders(executor.get("container", {}).get("resources", {})):
+                assert placeholder in inputs.get("parameters", {}), (name, task_name, placeholder)
+            condition = task.get("triggerPolicy", {}).get("condition", "")
+            for channel in re.findall(r"parameter_values\['([^']+)'\]", condition):
+                assert channel in inputs.get("parameters", {}), (name, task_name, channel)
+
+
+def _resources(spec: dict) -> dict[str, dict]:
+    return {name: e["container"].get("resources", {}) for name, e in spec["deploymentSpec"]["executors"].items()}
+
+
+def test_vertex_training_asks_for_the_parameterized_gpus_or_tpus(compiled):
+    executors = compiled["vertex"]["deploymentSpec"]["executors"]
+    trainers = {name: e["container"] for name, e in executors.items() if name.startswith("exec-train")}
+    assert trainers
+    images = {c["image"].rsplit("/", 1)[1].split(":")[0] for c in trainers.values()}
+    assert images == {"rlhf-gpu", "rlhf-tpu"}
+    for container in trainers.values():
+        accelerator = container["resources"]["accelerator"]
+        # the accelerator comes from a pipeline parameter, never a constant
+        assert _placeholders(accelerator["resourceType"]) and _placeholders(accelerator["resourceCount"])
+    small = [r for name, r in _resources(compiled["vertex"]).items() if not name.startswith("exec-train")]
+    assert small and all("accelerator" not in r and r.get("resourceCpuLimit") for r in small)
+
+
+def test_kfp_training_asks_for_nvidia_gpus_and_never_tpus(compiled):
+    resources = _resources(compiled["kfp"])
+    trainers = {name: r for name, r in resources.items() if name.startswith("exec-train")}
+    assert trainers
+    assert all(r["accelerator"]["resourceType"] == "nvidia.com/gpu" for r in trainers.values())
+    images = {e["container"]["image"] for e in compiled["kfp"]["deploymentSpec"]["executors"].values()}
+    assert not any("rlhf-tpu" in image for image in images)
+    assert "upload" not in json.dumps(compiled["kfp"]["components"])  # no Vertex-only tasks
+
+
+def test_local_pipeline_requests_no_resources():
+    from google.protobuf import json_format
+
+    from pipelines.rlhf_pipeline import build_pipeline
+    spec = json_format.MessageToDict(build_pipeline("local").pipeline_spec)
+    assert all(not r for r in _resources(spec).values())
+
+
+def test_images_follow_the_package_version_and_the_registry_override(tmp_path):
+    from rlhf import __version__
+    spec = _compile(tmp_path, "vertex", "--image-registry", "europe-docker.pkg.dev/acme/rlhf")
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {f"europe-docker.pkg.dev/acme/rlhf/rlhf-{kind}:{__version__}" for kind in ("cpu", "gpu", "tpu")}
+    spec = _compile(tmp_path, "kfp", env=_clean_env(RLHF_GPU_IMAGE="registry.local/trainer@sha256:abc"))
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert "registry.local/trainer@sha256:abc" in images
+
+
+@pytest.mark.parametrize("target", ["vertex", "kfp"])
+def test_a_compiled_pipeline_carries_no_secret_from_the_environment(tmp_path, target):
+    secrets = {"HF_TOKEN": "hf_SeCrEtToKeN123456789", "HUGGING_FACE_HUB_TOKEN": "hf_OtherSecret98765",
+               "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "key-ABCDEF.json")}
+    _compile(tmp_path, target, env=_clean_env(**secrets))
+    text = (tmp_path / f"{target}.yaml").read_text()
+    for value in secrets.values():
+        assert value not in text
+    assert "hf_" not in text and "TOKEN" not in text.upper().replace("TOKENIZER", "")
+
+
+def test_compile_rejects_an_unknown_target(tmp_path):
+    done = subprocess.run([sys.executable, "compile.py", "--target", "aws", "--output", str(tmp_path / "x.yaml")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "invalid choice" in done.stderr
+    assert not (tmp_path / "x.yaml").exists()

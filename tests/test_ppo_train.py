@@ -1,0 +1,243 @@
+"""The PPO loop on tiny models: reward rises with bounded KL, only adapters move, the KL-free run
+skips the reference, NaN stops the run, outputs, and exact resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
+
+from rlhf.ppo.config import PPOConfig
+from rlhf.ppo.outputs import OutputLayout
+from rlhf.ppo.policy import SharedBaseModel
+from rlhf.ppo.trainer import NonFiniteError, PPOTrainer
+
+EOS = 2
+
+
+class _Tok:
+    """What the trainer needs of a tokenizer for prompts given as ids: EOS/pad ids and decode."""
+    eos_token_id = EOS
+    pad_token_id = EOS
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(str(i) for i in ids if not (skip_special_tokens and i == EOS))
+
+
+def tiny_model(vocab=16, seed=0, init=0.1, value_model="head"):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True, initializer_range=init, pad_token_id=EOS, eos_token_id=EOS)
+    lm = AutoModelForCausalLM.from_config(cfg)
+    return SharedBaseModel(lm, lora_rank=8, lora_alpha=16, lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                           value_model=value_model)
+
+
+def toy_prompts(n=64, vocab=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]
+
+
+def shorter_is_better(rollout):
+    """Toy reward: 0 for an immediate EOS, -1 for a response that uses all 8 tokens."""
+    return -rollout.response_mask.sum(1) / 8
+
+
+def toy_config(**kw):
+    base = dict(reinforcement_learning_train_steps=20, batch_size=16, mini_batch_size=8, target_sequence_length=8,
+                kl_coeff=0.1, reinforcement_learning_rate_multiplier=10, missing_eos_penalty=0,
+                checkpoint_every=0, temperature=1.0, ppo_epochs=4, sample_count=0, log_every=100)
+    base.update(kw)
+    return PPOConfig(**base)
+
+
+def test_reward_rises_kl_stays_bounded_and_only_adapters_move(tmp_path):
+    model = tiny_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = PPOTrainer(toy_config(), model, _Tok(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path)))
+    trainer.train()
+    hist = trainer.tracker.history
+    rewards = [row["reward/mean"] for row in hist]
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert last > first + 0.2, rewards
+    kls = [row["policy/kl"] for row in hist]
+    assert max(kls) < 5.0, kls  # nats per response: the penalty keeps the policy near the reference
+    for name in ("loss/policy", "loss/value", "policy/entropy", "policy/clipfrac", "policy/approx_kl",
+                 "objective/kl_coeff", "response/length", "perf/tokens_per_s", "time/generation_s",
+                 "time/scoring_s", "time/training_s", "reward/std", "optim/grad_norm"):
+        assert name in hist[-1], name
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n and ".policy." in n or n.startswith("value_head.") for n in trainable)
+    for name, p in model.named_parameters():
+        changed = not torch.equal(before[name], p.detach())
+        assert changed == (name in trainable), name
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 21))
+
+
+def test_value_adapter_variant_trains_both_adapters(tmp_path):
+    model = tiny_model(value_model="adapter")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = toy_config(reinforcement_learning_train_steps=2, ppo_epochs=2)
+    PPOTrainer(cfg, model, _Tok(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path))).train()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert any(".value." in n for n in moved) and any(".policy." in n for n in moved)
+    assert all(".lora_" in n or n.startswith("value_head.") for n in moved)
+
+
+def _count_reference_passes(model):
+    calls = []
+    lora_layer = next(m for m in model.modules() if hasattr(m, "disable_adapters") and hasattr(m, "lora_A"))
+    model.trunk.register_forward_pre_hook(lambda *_: calls.append(bool(lora_layer.disable_adapters)))
+    return calls
+
+
+@pytest.mark.parametrize("kl_coeff", [0.0, 0.1])
+def test_zero_kl_coeff_skips_the_reference_pass(tmp_path, kl_coeff):
+    model = tiny_model()
+    calls = _count_reference_passes(model)
+    cfg = toy_config(reinforcement_learning_train_steps=2, kl_coeff=kl_coeff, ppo_epochs=1)
+    trainer = PPOTrainer(cfg, model, _Tok(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path)))
+    trainer.train()
+    assert sum(calls) == (0 if kl_coeff == 0 else 2)
+    assert ("policy/kl" in trainer.tracker.history[-1]) == (kl_coeff > 0)
+
+
+def test_nan_reward_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
+    model = tiny_model()
+    calls = []
+
+    def reward(rollout):
+        calls.append(1)
+        score = shorter_is_better(rollout)
+        return score * float("nan") if len(calls) >= 4 else score  # 2 steps + 1 sample call, then NaN
+
+    cfg = toy_config(reinforcement_learning_train_steps=5, checkpoint_every=2, sample_count=2, ppo_epochs=1)
+    trainer = PPOTrainer(cfg, model, _Tok(), toy_prompts(), reward, OutputLayout(str(tmp_path)))
+    with pytest.raises(NonFiniteError, match=r"step 3: reward is not finite.*checkpoints/step-00000002"):
+        trainer.train()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-00000002"]
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert not (tmp_path / "policy_adapter").exists()
+
+
+# -- end to end through `rlhf tune`, with a tiny model directory and a trained-format reward model --
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """A tiny base model directory (SmolLM2 tokenizer), a reward model saved by the reward step's own
+    writer on that base, and a prompt dataset in the canonical format."""
+    from peft import LoraConfig, get_peft_model
+    from rlhf.data.canonical import Prompt, write_jsonl
+    from rlhf.models import load_tokenizer
+    from rlhf.reward import outputs
+    root = tmp_path_factory.mktemp("ppo-e2e")
+    tok = load_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    rm = AutoModelForSequenceClassification.from_pretrained(root / "base", num_labels=1)
+    rm = get_peft_model(rm, LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                       modules_to_save=["score"]))
+    with torch.no_grad():
+        for n, p in rm.named_parameters():
+            if "lora_B" in n or "score" in n:
+                p.normal_(0, 0.3)
+    outputs.save(rm, tok, str(root / "reward"), {
+        "base_model": str(root / "base"), "base_model_resolved": str(root / "base"), "use_chat_template": False,
+        "prompt_sequence_length": 32, "target_sequence_length": 8, "instruction": "",
+        "normalization": {"mean": 0.1, "std": 1.5, "pairs": 8}})
+    words = ["cats", "rain", "tea", "maps", "jazz", "snow", "bread", "trains"]
+    write_jsonl(str(root / "prompts.jsonl"),
+                [Prompt(messages=[{"role": "user", "content": f"Tell me about {w}."}]) for w in words])
+    return root
+
+
+def tune_args(setup, out, steps, extra=()):
+    return ["tune", "--prompt-dataset", str(setup / "prompts.jsonl"), "--reward-model", str(setup / "reward"),
+            "--output-dir", str(out), "--reinforcement-learning-train-steps", str(steps), "--batch-size", "4",
+            "--mini-batch-size", "2", "--ppo-epochs", "2", "--target-sequence-length", "6",
+            "--checkpoint-every", "2", "--sample-count", "2", "--device", "cpu",
+            "--reinforcement-learning-rate-multiplier", "30", *extra]
+
+
+def test_tune_cli_writes_a_loadable_adapter_metrics_and_samples(tiny_setup, tmp_path):
+    from peft import PeftModel
+    from rlhf import cli
+    out = tmp_path / "run"
+    assert cli.main(tune_args(tiny_setup, out, 3)) == 0
+    adapter = out / "policy_adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors", "value_head.safetensors",
+            "ppo_config.json"} <= set(os.listdir(adapter))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(k in rows[0] for k in ("reward/mean", "policy/kl", "objective/kl_coeff", "loss/policy"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reward/mean"] == rows[-1]["reward/mean"]
+    assert sorted(os.listdir(out / "samples")) == ["step-00000002.jsonl", "step-00000003.jsonl"]
+    sample = json.loads((out / "samples" / "step-00000003.jsonl").read_text().splitlines()[0])
+    assert sample["prompt"].startswith("Tell me about") and isinstance(sample["response"], str)
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(out / "tensorboard"))
+    # the adapter loads with plain peft and gives the policy's log-probs
+    base = AutoModelForCausalLM.from_pretrained(tiny_setup / "base")
+    peft_model = PeftModel.from_pretrained(base, str(adapter))
+    assert any(p.abs().sum() > 0 for n, p in peft_model.named_parameters() if "lora_B" in n)
+
+
+def test_tune_rejects_bad_input_before_loading_models(tiny_setup, tmp_path, capsys):
+    from rlhf import cli
+    assert cli.main(tune_args(tiny_setup, tmp_path / "r", 2, ["--kl-estimator", "k2"])) == 2
+    assert "--kl-estimator 'k2'" in capsys.readouterr().err
+    args = tune_args(tiny_setup, tmp_path / "r", 2)
+    args[args.index("--reward-model") + 1] = str(tmp_path / "nowhere")
+    assert cli.main(args) == 2
+    assert "not a trained reward model" in capsys.readouterr().err
+
+
+def _final_state(out):
+    from safetensors.torch import load_file
+    weights = load_file(str(out / "policy_adapter" / "adapter_model.safetensors"))
+    weights.update({"value_head." + k: v for k, v in
+                    load_file(str(out / "policy_adapter" / "value_head.safetensors")).items()})
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [{k: v for k, v in r.items() if not k.startswith(("time/", "perf/"))} for r in rows]
+    return weights, rows
+
+
+def test_killed_run_resumes_to_the_same_weights_and_metrics(tiny_setup, tmp_path):
+    from rlhf import cli
+    steps = 6
+    straight = tmp_path / "straight"
+    assert cli.main(tune_args(tiny_setup, straight, steps)) == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf", *tune_args(tiny_setup, killed, steps)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    marker = killed / "checkpoints" / "step-00000002" / "state.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), proc.stderr.read().decode()[-2000:]
+    assert not (killed / "policy_adapter").exists()  # killed mid-run, before the end
+    done = len((killed / "metrics.jsonl").read_text().splitlines())
+    assert done < steps
+
+    assert cli.main(tune_args(tiny_setup, killed, steps)) == 0  # resumes
+    w1, m1 = _final_state(straight)
+    w2, m2 = _final_state(killed)
+    assert m1 == m2
+    assert set(w1) == set(w2) and all(torch.equal(w1[k], w2[k]) for k in w1)

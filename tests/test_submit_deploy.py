@@ -1,0 +1,89 @@
+"""Uploading and deploying the tuned model: the `upload_model` / `deploy_model_to_endpoint`
+components' code through the real aiplatform client to a local stand-in of the Vertex API."""
+
+from __future__ import annotations
+
+import pytest
+from kfp import dsl
+
+from components import deploy
+from standins import VertexStandIn
+
+KMS_KEY = "projects/p1/locations/us-central1/keyRings/ring/cryptoKeys/key"
+
+
+@pytest.fixture
+def vertex(monkeypatch):
+    with VertexStandIn() as standin:
+        yield standin
+
+
+def _upload(vertex, **overrides):
+    """The upload_model component's own code (its python_func), pointed at the stand-in."""
+    args = dict(tuned_model=dsl.Model(name="tuned_policy", uri="gs://bucket/run/tuned_policy", metadata={}),
+                project="p1", location="us-central1", large_model_reference="smollm2-135m-instruct",
+                pipeline_job_name="rlhf-train-template-123",
+                serving_container_image_uri=deploy.DEFAULT_SERVING_IMAGE, serving_container_args=[],
+                serving_accelerator_count=1, prompt_sequence_length=512, target_sequence_length=64, model_display_name="",
+                encryption_spec_key_name=KMS_KEY, api_endpoint=vertex.url)
+    args.update(overrides)
+    return deploy.upload_model.python_func(**args)
+
+
+def test_upload_registers_the_model_with_the_vllm_container_and_cmek(vertex):
+    name = _upload(vertex)
+    assert name.startswith("projects/p1/locations/us-central1/models/")
+    request = vertex.requests_to("POST", r"/models:upload$")[0]
+    model = request.body["model"]
+    assert model["displayName"] == "smollm2-135m-instruct-rlhf-rlhf-train-template-123"
+    assert model["artifactUri"] == "gs://bucket/run/tuned_policy"
+    container = model["containerSpec"]
+    assert container["imageUri"] == deploy.DEFAULT_SERVING_IMAGE
+    assert "--model=gs://bucket/run/tuned_policy" in container["args"]
+    assert "--max-model-len=576" in container["args"]
+    assert container["predictRoute"] == "/generate" and container["healthRoute"] == "/ping"
+    assert model["encryptionSpec"] == {"kmsKeyName": KMS_KEY}
+
+
+def test_upload_with_another_container_keeps_its_own_command(vertex):
+    _upload(vertex, serving_container_image_uri="us-docker.pkg.dev/acme/serve:1",
+            serving_container_args=["--port=8080"], model_display_name="my-model")
+    model = vertex.requests_to("POST", r"/models:upload$")[0].body["model"]
+    assert model["displayName"] == "my-model"
+    assert model["containerSpec"]["imageUri"] == "us-docker.pkg.dev/acme/serve:1"
+    assert model["containerSpec"]["args"] == ["--port=8080"]
+
+
+def test_upload_refuses_a_model_outside_cloud_storage(vertex):
+    with pytest.raises(ValueError, match="gs:// directory"):
+        deploy.upload(model_uri="/tmp/model", project="p1", location="us-central1", display_name="m",
+                      api_endpoint=vertex.url)
+    assert vertex.requests == []
+
+
+def test_deploy_creates_an_endpoint_and_deploys_one_replica_on_the_gpu(vertex):
+    model = _upload(vertex)
+    endpoint = deploy.deploy_model_to_endpoint.python_func(
+        model_resource_name=model, project="p1", location="us-central1",
+        large_model_reference="smollm2-135m-instruct", pipeline_job_name="job-1",
+        model_display_name="my-model", machine_type="g2-standard-12", accelerator_type="NVIDIA_L4",
+        accelerator_count=1, encryption_spec_key_name=KMS_KEY, api_endpoint=vertex.url)
+    assert endpoint.startswith("projects/p1/locations/us-central1/endpoints/")
+    created = vertex.requests_to("POST", r"/endpoints$")[0].body
+    assert created["displayName"] == "my-model" and created["encryptionSpec"] == {"kmsKeyName": KMS_KEY}
+    deployed = vertex.requests_to("POST", r":deployModel$")[0]
+    assert deployed.path.endswith(endpoint.rsplit("/", 1)[1] + ":deployModel")
+    spec = deployed.body["deployedModel"]
+    assert spec["model"].split("@")[0] == model  # models/ID[@VERSION]
+    resources = spec["dedicatedResources"]
+    # the REST transport sends enums as numbers ($alt=json;enum-encoding=int): NVIDIA_L4 is 11
+    from google.cloud.aiplatform_v1.types import AcceleratorType
+    assert resources["machineSpec"] == {"machineType": "g2-standard-12",
+                                        "acceleratorType": AcceleratorType.NVIDIA_L4.value,
+                                        "acceleratorCount": 1}
+    assert resources["minReplicaCount"] == 1 and resources["maxReplicaCount"] == 1
+    assert deployed.body["trafficSplit"] == {"0": 100}
+
+
+def test_skipped_deployment_returns_empty_names_like_googles():
+    assert tuple(deploy.deployment_skipped.python_func()) == ("", "")
