@@ -80,7 +80,8 @@ def user_input(row: PreferencePair | Prompt | EvalExample) -> str:
 
 
 def to_json(row) -> str:
-    return json.dumps(dataclasses.asdict(row), ensure_ascii=False)
+    # vars() rather than dataclasses.asdict: same bytes for these flat rows, without the deep copy.
+    return json.dumps(vars(row), ensure_ascii=False)
 
 
 def from_dict(cls: Type[Row], obj: dict) -> Row:
