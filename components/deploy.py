@@ -6,11 +6,13 @@ in Hugging Face format (the policy merged into its base), served by a configurab
 default Vertex Model Garden's vLLM image, which loads the model from the `gs://` directory itself.
 """
 
+import json
+import os
 import re
 from typing import NamedTuple, Optional
 
 from kfp import dsl
-from kfp.dsl import Input, Model
+from kfp.dsl import Input, Model, Output
 
 from components.image import IMAGE
 
@@ -29,6 +31,42 @@ def vllm_args(model_uri: str, accelerator_count: int, max_model_len: int) -> lis
 def default_display_name(large_model_reference: str, pipeline_job_name: str) -> str:
     base = re.sub(r"[^A-Za-z0-9_.-]+", "-", large_model_reference.rstrip("/").rsplit("/", 1)[-1]).strip("-")
     return f"{base or 'model'}-rlhf-{pipeline_job_name}"[:128]
+
+
+def merge_adapter(adapter_dir: str, out_dir: str, base_model: str = "") -> str:
+    """Merge a LoRA policy adapter (what PPO writes) into its base model and save the result in
+    Hugging Face format (safetensors, config, tokenizer) at `out_dir`, a local or gs:// directory;
+    returns the base model used. The base is `base_model`, else the one the adapter records."""
+    import tempfile
+
+    from peft import PeftModel
+
+    from rlhf import models, storage
+
+    with tempfile.TemporaryDirectory(prefix="rlhf-merge-") as tmp:
+        local_adapter = adapter_dir
+        if storage.is_gcs(adapter_dir):
+            local_adapter = storage.download_dir(adapter_dir, os.path.join(tmp, "adapter"))
+        if not base_model:
+            for name, key in (("ppo_config.json", "base_model"), ("adapter_config.json", "base_model_name_or_path")):
+                path = os.path.join(local_adapter, name)
+                if os.path.exists(path):
+                    with open(path) as f:
+                        base_model = json.load(f).get(key) or ""
+                if base_model:
+                    break
+        # bf16 halves the memory of the merge; serving runs in bf16 anyway.
+        base = models.load_causal_lm(base_model, dtype="bf16", device="cpu")
+        merged = PeftModel.from_pretrained(base, local_adapter).merge_and_unload()
+        staged = os.path.join(tmp, "merged")
+        merged.save_pretrained(staged, safe_serialization=True)
+        models.load_tokenizer(base_model).save_pretrained(staged)
+        if storage.is_gcs(out_dir):
+            storage.upload_dir(staged, out_dir)
+        else:
+            import shutil
+            shutil.copytree(staged, out_dir, dirs_exist_ok=True)
+    return base_model
 
 
 def _init(project: str, location: str, api_endpoint: str = ""):
@@ -80,6 +118,15 @@ def deploy(*, model_resource_name: str, project: str, location: str, display_nam
                  min_replica_count=1, max_replica_count=1, traffic_percentage=100,
                  encryption_spec_key_name=encryption_spec_key_name or None)
     return endpoint.resource_name
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def merge_policy(policy_adapter: Input[Model], merged_model: Output[Model], large_model_reference: str = ""):
+    """Merge the PPO policy adapter into its base model: a full model directory a server can load."""
+    from components.deploy import merge_adapter
+
+    merged_model.metadata["base_model"] = merge_adapter(policy_adapter.path, merged_model.path,
+                                                        large_model_reference)
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

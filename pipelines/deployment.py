@@ -7,8 +7,10 @@ from typing import NamedTuple, Optional
 from kfp import dsl
 from kfp.dsl import Input, Model
 
-from components.deploy import deploy_model_to_endpoint, deployment_skipped, upload_model
+from components.deploy import deploy_model_to_endpoint, deployment_skipped, merge_policy, upload_model
 from pipelines.targets import request_small_machine
+
+MERGE_CPU, MERGE_MEMORY = "8", "64G"
 
 DeploymentOutputs = NamedTuple("DeploymentOutputs", model_resource_name=str, endpoint_resource_name=str)
 
@@ -37,8 +39,12 @@ def deployment_stage(target: str):
                       pipeline_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                       model_display_name=model_display_name, encryption_spec_key_name=encryption_spec_key_name)
         with dsl.If(deploy_model == True, name="Deploy model"):  # noqa: E712 (a pipeline condition)
+            merged = merge_policy(policy_adapter=tuned_model, large_model_reference=large_model_reference)
+            merged.set_display_name("Merge policy into base model")
+            if target != "local":  # the base model in bf16 fits in 64 GB up to ~30B parameters
+                merged.set_cpu_limit(MERGE_CPU).set_memory_limit(MERGE_MEMORY)
             uploaded = upload_model(
-                tuned_model=tuned_model, serving_container_image_uri=serving_container_image_uri,
+                tuned_model=merged.outputs["merged_model"], serving_container_image_uri=serving_container_image_uri,
                 serving_container_args=serving_container_args,
                 serving_accelerator_count=serving_accelerator_count,
                 prompt_sequence_length=prompt_sequence_length, target_sequence_length=target_sequence_length,

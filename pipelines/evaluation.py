@@ -8,6 +8,7 @@ from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model
 
 from components.evaluate import evaluate_model
+from components.image import TRAINER_IMAGE
 from pipelines.targets import request_accelerator
 
 
@@ -45,7 +46,9 @@ def evaluation_stage(target: str):
                 batch_size=batch_size,
                 seed=seed,
             ).set_display_name("Evaluate tuned model")
-            # Evaluation generates with base and tuned models: a GPU, also when training ran on TPUs.
-            request_accelerator(evaluated, target, gpu_type, gpu_count, cpu_limit, memory_limit)
+            # Evaluation generates with base and tuned models: a GPU (and the CUDA image), also when
+            # training ran on TPUs.
+            request_accelerator(evaluated, target, gpu_type, gpu_count, cpu_limit, memory_limit,
+                                image=TRAINER_IMAGE if target in ("vertex", "kfp") else None)
 
     return pipeline

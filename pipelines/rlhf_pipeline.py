@@ -1,8 +1,10 @@
 """The RLHF pipeline: a drop-in for Google's `rlhf_pipeline` (google-cloud-pipeline-components 2.22).
 
 Same parameter names, types and defaults as Google's, so existing `parameter_values` keep working,
-plus ours (each with a default, so the Vertex console's run form shows it editable). The body is a
-table of contents: each stage is a sub-pipeline in its own module.
+plus ours (each with a default, so the Vertex console's run form shows it editable). The docstring's
+Args become the parameters' descriptions in the compiled YAML (the console shows them; `rlhf compile
+--list-parameters` prints them as the README's table). The body is a table of contents: each stage is
+a sub-pipeline in its own module.
 """
 
 import functools
@@ -10,9 +12,12 @@ from typing import NamedTuple, Optional
 
 from kfp import dsl
 
-from components.deploy import deployment_skipped
+from components.deploy import DEFAULT_SERVING_IMAGE, deployment_skipped
+from pipelines.deployment import deployment_stage
+from pipelines.evaluation import evaluation_stage
 from pipelines.reward import reward_model_stage
 from pipelines.targets import check_target, request_small_machine
+from pipelines.tuning import reinforcement_learning_stage
 from pipelines.validation import validation_stage
 
 # Google's placeholders: Vertex fills in the project and region the pipeline runs in.
@@ -34,6 +39,9 @@ def build_pipeline(target: str = "vertex"):
     # Sub-pipelines are built before the pipeline that calls them (kfp builds a graph on decoration).
     validate_inputs = validation_stage(target)
     train_reward_model = reward_model_stage(target)
+    reinforcement_learning = reinforcement_learning_stage(target)
+    evaluate = evaluation_stage(target)
+    upload_and_deploy = deployment_stage(target) if target == "vertex" else None
 
     @dsl.pipeline(name=PIPELINE_NAME,
                   description=f"Performs reinforcement learning from human feedback (target: {_TARGET_NOTE[target]}).")
@@ -58,20 +66,89 @@ def build_pipeline(target: str = "vertex"):
         location: str = LOCATION_PLACEHOLDER,
         encryption_spec_key_name: str = "",
         tensorboard_resource_id: str = "",
-        # Ours. Reward model training.
+        # Ours: training settings.
         reward_lora_dim: int = 4,
         reward_model_batch_size: int = 16,
         reward_model_gradient_accumulation_steps: int = 4,
-        # Hardware per stage: a GPU type and count (Vertex names), CPU and memory limits; Vertex picks
-        # the smallest machine that fits. With accelerator_type='TPU' the training stages use the
-        # TPU type and count instead. On a Kubeflow cluster the GPU count applies (nvidia.com/gpu).
+        reinforcement_learning_batch_size: int = 16,
+        reinforcement_learning_options: dict = {},
+        evaluation_batch_size: int = 8,
+        evaluation_seed: int = 0,
+        # Ours: hardware per stage.
         reward_model_accelerator_type: str = "NVIDIA_L4",
         reward_model_accelerator_count: int = 1,
         reward_model_cpu_limit: str = "8",
         reward_model_memory_limit: str = "32G",
+        reinforcement_learning_accelerator_type: str = "NVIDIA_L4",
+        reinforcement_learning_accelerator_count: int = 1,
+        reinforcement_learning_cpu_limit: str = "8",
+        reinforcement_learning_memory_limit: str = "32G",
+        evaluation_accelerator_type: str = "NVIDIA_L4",
+        evaluation_accelerator_count: int = 1,
+        evaluation_cpu_limit: str = "8",
+        evaluation_memory_limit: str = "32G",
         tpu_accelerator_type: str = "TPU_V5_LITEPOD",
         tpu_accelerator_count: int = 1,
+        # Ours: serving (Vertex AI, when deploy_model).
+        serving_container_image_uri: str = DEFAULT_SERVING_IMAGE,
+        serving_container_args: list = [],
+        serving_machine_type: str = "g2-standard-12",
+        serving_accelerator_type: str = "NVIDIA_L4",
+        serving_accelerator_count: int = 1,
     ) -> PipelineOutput:
+        """Performs reinforcement learning from human feedback.
+
+        Args:
+          prompt_dataset: Prompts for reinforcement learning (JSONL): a gs:// URI or glob. Each line has `input_text`, `prompt`, or chat `messages` (`author`/`role` and `content`, first and last turn from the user). Google's parameter.
+          preference_dataset: Human (or AI) preference pairs (JSONL) to train the reward model: Google's `input_text`/`candidate_0`/`candidate_1`/`choice` format, its chat format (`messages`), TRL's `prompt`/`chosen`/`rejected`, or ranked `candidates` with a `ranking`. Google's parameter.
+          large_model_reference: The base model: an alias (`smollm2-135m-instruct`, `llama-2-7b`, `gemma-2b-it`, ...), a gs:// directory in Hugging Face format, or a Hugging Face id. Google's parameter (PaLM names have no open weights).
+          model_display_name: Name of the tuned model in the Model Registry; default: the base model's name, `-rlhf-` and the pipeline job name. Google's parameter.
+          prompt_sequence_length: Maximum prompt length in tokens; longer prompts keep their last tokens. Google's parameter.
+          target_sequence_length: Maximum response length in tokens (generation and reward model). Google's parameter.
+          reward_model_learning_rate_multiplier: Multiplies the reward model's base learning rate (1e-4, AdamW). Google's parameter.
+          reinforcement_learning_rate_multiplier: Multiplies PPO's base learning rate (3e-5, AdamW). Google's parameter.
+          reward_model_train_steps: Reward model optimizer steps. Google's parameter.
+          reinforcement_learning_train_steps: PPO steps (each samples `reinforcement_learning_batch_size` prompts). Google's parameter.
+          kl_coeff: Weight of the KL penalty against the base model; 0 turns it off (and skips the reference pass). Google's parameter.
+          instruction: Text prepended to every prompt, e.g. "Summarize in less than 50 words." (a row's own instruction wins). Google's parameter.
+          deploy_model: Upload the tuned model to the Vertex AI Model Registry and deploy it to an endpoint (Vertex AI only). Google's parameter.
+          eval_dataset: Held-out prompts (JSONL, optionally with preference pairs and a `reference`): the tuned model is evaluated against its base on them when given. Google's parameter.
+          project: Project for Vertex AI resources (model, endpoint, TensorBoard); default: the pipeline's project. Google's parameter.
+          accelerator_type: `GPU` or `TPU` for the training stages (TPU: Vertex AI only, with the TPU image). Google's parameter.
+          location: Region for Vertex AI resources; default: the pipeline's region. Google's parameter.
+          encryption_spec_key_name: Cloud KMS key for the model and endpoint the pipeline creates (`rlhf submit --encryption-spec-key-name` sets it too). Google's parameter.
+          tensorboard_resource_id: Vertex AI TensorBoard (`projects/P/locations/L/tensorboards/ID`) that receives the training metrics; empty for none. Google's parameter.
+          reward_lora_dim: LoRA rank of the reward model (Google's reward trainer uses 4).
+          reward_model_batch_size: Preference pairs per forward pass of the reward model.
+          reward_model_gradient_accumulation_steps: Forward passes per reward model step (pairs per step = batch size x this).
+          reinforcement_learning_batch_size: Prompts sampled per PPO step.
+          reinforcement_learning_options: Any other PPO setting as a JSON object, e.g. {"mini_batch_size": 8, "ppo_epochs": 4, "lora_rank": 8, "temperature": 0.7, "seed": 0, "adaptive_kl": true} (see `rlhf tune --help`).
+          evaluation_batch_size: Eval prompts generated per batch.
+          evaluation_seed: Random seed of the evaluation.
+          reward_model_accelerator_type: GPU for reward model training on Vertex AI (NVIDIA_L4, NVIDIA_TESLA_A100, NVIDIA_A100_80GB, NVIDIA_H100_80GB, ...).
+          reward_model_accelerator_count: GPUs for reward model training (on a Kubeflow cluster: nvidia.com/gpu).
+          reward_model_cpu_limit: CPUs for reward model training; Vertex AI picks the smallest machine with the GPUs, CPUs and memory asked for.
+          reward_model_memory_limit: Memory for reward model training, e.g. 32G.
+          reinforcement_learning_accelerator_type: GPU for PPO on Vertex AI.
+          reinforcement_learning_accelerator_count: GPUs for PPO (on a Kubeflow cluster: nvidia.com/gpu).
+          reinforcement_learning_cpu_limit: CPUs for PPO.
+          reinforcement_learning_memory_limit: Memory for PPO, e.g. 32G.
+          evaluation_accelerator_type: GPU for evaluation on Vertex AI (also when training runs on TPUs).
+          evaluation_accelerator_count: GPUs for evaluation.
+          evaluation_cpu_limit: CPUs for evaluation.
+          evaluation_memory_limit: Memory for evaluation, e.g. 32G.
+          tpu_accelerator_type: TPU for the training stages when accelerator_type is TPU (TPU_V5_LITEPOD, TPU_V3, ...).
+          tpu_accelerator_count: TPU chips for the training stages when accelerator_type is TPU.
+          serving_container_image_uri: Serving container of the deployed model; the default (Vertex Model Garden's vLLM) loads the merged model from Cloud Storage.
+          serving_container_args: Command line of a custom serving container; empty: vLLM's, for the default image.
+          serving_machine_type: Machine of the endpoint, e.g. g2-standard-12 (one L4).
+          serving_accelerator_type: GPU of the endpoint.
+          serving_accelerator_count: GPUs of the endpoint.
+
+        Returns:
+          model_resource_name: The model uploaded to the Model Registry; empty when not deployed.
+          endpoint_resource_name: The endpoint serving it; empty when not deployed.
+        """
         data = validate_inputs(
             preference_dataset=preference_dataset,
             prompt_dataset=prompt_dataset,
@@ -104,8 +181,66 @@ def build_pipeline(target: str = "vertex"):
             tensorboard_resource_id=tensorboard_resource_id,
         ).set_display_name("Train Reward Model")
 
-        deployed = request_small_machine(deployment_skipped(), target).set_display_name(
-            "Upload and Deploy Tuned Model").after(reward)
+        policy = reinforcement_learning(
+            prompt_data=data.outputs["prompt_data"],
+            reward_model=reward.outputs["reward_model"],
+            large_model_reference=large_model_reference,
+            instruction=instruction,
+            prompt_sequence_length=prompt_sequence_length,
+            target_sequence_length=target_sequence_length,
+            reinforcement_learning_train_steps=reinforcement_learning_train_steps,
+            reinforcement_learning_rate_multiplier=reinforcement_learning_rate_multiplier,
+            kl_coeff=kl_coeff,
+            batch_size=reinforcement_learning_batch_size,
+            options=reinforcement_learning_options,
+            accelerator_type=accelerator_type,
+            gpu_type=reinforcement_learning_accelerator_type,
+            gpu_count=reinforcement_learning_accelerator_count,
+            cpu_limit=reinforcement_learning_cpu_limit,
+            memory_limit=reinforcement_learning_memory_limit,
+            tpu_type=tpu_accelerator_type,
+            tpu_count=tpu_accelerator_count,
+            tensorboard_resource_id=tensorboard_resource_id,
+        ).set_display_name("Reinforcement Learning")
+
+        evaluate(
+            has_eval_dataset=data.outputs["has_eval_dataset"],
+            eval_data=data.outputs["eval_data"],
+            tuned_policy=policy.outputs["policy_adapter"],
+            reward_model=reward.outputs["reward_model"],
+            training_logs=policy.outputs["tensorboard_logs"],
+            large_model_reference=large_model_reference,
+            instruction=instruction,
+            prompt_sequence_length=prompt_sequence_length,
+            target_sequence_length=target_sequence_length,
+            batch_size=evaluation_batch_size,
+            seed=evaluation_seed,
+            gpu_type=evaluation_accelerator_type,
+            gpu_count=evaluation_accelerator_count,
+            cpu_limit=evaluation_cpu_limit,
+            memory_limit=evaluation_memory_limit,
+        ).set_display_name("Evaluate Tuned Model")
+
+        if upload_and_deploy is not None:
+            deployed = upload_and_deploy(
+                tuned_model=policy.outputs["policy_adapter"],
+                deploy_model=deploy_model,
+                model_display_name=model_display_name,
+                large_model_reference=large_model_reference,
+                project=project,
+                location=location,
+                encryption_spec_key_name=encryption_spec_key_name,
+                prompt_sequence_length=prompt_sequence_length,
+                target_sequence_length=target_sequence_length,
+                serving_container_image_uri=serving_container_image_uri,
+                serving_container_args=serving_container_args,
+                serving_machine_type=serving_machine_type,
+                serving_accelerator_type=serving_accelerator_type,
+                serving_accelerator_count=serving_accelerator_count,
+            ).set_display_name("Upload and Deploy Tuned Model")
+        else:  # no Vertex AI to deploy to: empty names, as Google's pipeline returns when not deploying
+            deployed = request_small_machine(deployment_skipped(), target).set_display_name(
+                "Upload and Deploy Tuned Model (Vertex AI only): skipped").after(policy)
         return PipelineOutput(
             model_resource_name=deployed.outputs["model_resource_name"],
             endpoint_resource_name=deployed.outputs["endpoint_resource_name"],

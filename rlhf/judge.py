@@ -70,13 +70,16 @@ class Principle:
 
 CONSTITUTION: tuple[Principle, ...] = (
     Principle("length", 3.0, "form", "Stay within the word limit that the instruction sets."),
-    Principle("coverage", 1.0, "content", "Mention the post's key facts: its numbers, names and main subject."),
-    Principle("faithful", 1.0, "content", "Invent nothing: no name, number or content that is not in the post."),
+    Principle("coverage", 1.0, "content",
+              "Mention the post's key facts: its numbers, names and main subject."),
+    Principle("faithful", 1.0, "content",
+              "Invent nothing: no name, number or content that is not in the post."),
     Principle("repetition", 1.5, "form", "Say each thing once: no repeated phrases or sentences."),
-    Principle("direct", 1.5, "form", "Start with the content: no preamble, sign-off or talk about the task."),
+    Principle("direct", 1.5, "form",
+              "Start with the content: no preamble, sign-off or talk about the task."),
     Principle("voice", 1.5, "form", "Report what the post says; do not answer or advise its author."),
     Principle("complete", 1.5, "form", "End with a complete sentence."),
-    Principle("concise", 1.5, "form", "Condense: do not copy the post or run as long as it."),
+    Principle("concise", 2.0, "form", "Condense: do not copy the post or run as long as it."),
     Principle("plain", 0.5, "form", "Write plain prose: no lists, headings, hashtags or emoji."),
     Principle("sentences", 1.0, "gate", "Write sentences, not a string of keywords."),
 )
@@ -463,7 +466,7 @@ def _rule_direct(summary: str) -> tuple[float, list[str]]:
     return 1.0, []
 
 
-_ADVICE = re.compile(r"\bi (would |'d )?(recommend|suggest|advise)\b", re.IGNORECASE)
+_ADVICE = re.compile(r"\bi(?: would|'d|\u2019d)? (?:recommend|suggest|advise)\b", re.IGNORECASE)
 
 
 def _rule_voice(summary_toks: list[_Token], summary: str) -> tuple[float, list[str]]:

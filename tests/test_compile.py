@@ -200,22 +200,26 @@ def _resources(spec: dict) -> dict[str, dict]:
 
 def test_vertex_training_asks_for_the_parameterized_gpus_or_tpus(compiled):
     executors = compiled["vertex"]["deploymentSpec"]["executors"]
-    trainers = {name: e["container"] for name, e in executors.items() if name.startswith("exec-train")}
+    trainers = {name: e["container"] for name, e in executors.items()
+                if name.startswith(("exec-train", "exec-tune", "exec-evaluate"))}
     assert trainers
     images = {c["image"].rsplit("/", 1)[1].split(":")[0] for c in trainers.values()}
     assert images == {"rlhf-gpu", "rlhf-tpu"}
+    tpu = [c for c in trainers.values() if "rlhf-tpu" in c["image"]]
+    assert len(tpu) == 2 and all("resourceCpuLimit" not in c["resources"] for c in tpu)
     for container in trainers.values():
         accelerator = container["resources"]["accelerator"]
         # the accelerator comes from a pipeline parameter, never a constant
         assert _placeholders(accelerator["resourceType"]) and _placeholders(accelerator["resourceCount"])
-    small = [r for name, r in _resources(compiled["vertex"]).items() if not name.startswith("exec-train")]
+    small = [r for name, r in _resources(compiled["vertex"]).items() if name not in trainers]
     assert small and all("accelerator" not in r and r.get("resourceCpuLimit") for r in small)
 
 
 def test_kfp_training_asks_for_nvidia_gpus_and_never_tpus(compiled):
     resources = _resources(compiled["kfp"])
-    trainers = {name: r for name, r in resources.items() if name.startswith("exec-train")}
-    assert trainers
+    trainers = {name: r for name, r in resources.items()
+                if name.startswith(("exec-train", "exec-tune", "exec-evaluate"))}
+    assert len(trainers) == 3
     assert all(r["accelerator"]["resourceType"] == "nvidia.com/gpu" for r in trainers.values())
     images = {e["container"]["image"] for e in compiled["kfp"]["deploymentSpec"]["executors"].values()}
     assert not any("rlhf-tpu" in image for image in images)
@@ -248,7 +252,7 @@ def test_a_compiled_pipeline_carries_no_secret_from_the_environment(tmp_path, ta
     text = (tmp_path / f"{target}.yaml").read_text()
     for value in secrets.values():
         assert value not in text
-    assert "hf_" not in text and "TOKEN" not in text.upper().replace("TOKENIZER", "")
+    assert "HF_TOKEN" not in text and "GOOGLE_APPLICATION_CREDENTIALS" not in text
 
 
 def test_compile_rejects_an_unknown_target(tmp_path):

@@ -78,6 +78,7 @@ def test_report_is_self_contained_html_with_metrics_and_escaped_samples():
     # the metric table, formatted
     assert "83.3%" in text and "0.0421" in text and "1.125" in text and "+1.375" in text
     assert "eval/judge_win_rate" in text
+    assert p.attrs.count(("class", "card")) == 4  # headline: judge win rate, judge/reward change, KL
     # charts are inline SVG
     assert p.tags.count("svg") == 2  # reward and judge histograms; no history given
     assert "Samples (2 prompts" in text

@@ -149,6 +149,8 @@ def test_answering_the_poster_instead_of_summarizing_loses():
     r = score(advice)
     assert r.rules["voice"] == 0.0
     assert prefer(POST, advice, GOOD, INSTRUCTION) == 1
+    for advice in ("I'd suggest a basket for Toby's socks.", "I would recommend a trainer for Toby."):
+        assert score(advice).rules["voice"] < 1.0
 
 
 def test_unfinished_sentence_loses():

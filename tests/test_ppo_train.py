@@ -134,13 +134,16 @@ def test_nan_reward_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
+    return build_tiny_setup(tmp_path_factory.mktemp("ppo-e2e"))
+
+
+def build_tiny_setup(root):
     """A tiny base model directory (SmolLM2 tokenizer), a reward model saved by the reward step's own
     writer on that base, and a prompt dataset in the canonical format."""
     from peft import LoraConfig, get_peft_model
     from rlhf.data.canonical import Prompt, write_jsonl
     from rlhf.models import load_tokenizer
     from rlhf.reward import outputs
-    root = tmp_path_factory.mktemp("ppo-e2e")
     tok = load_tokenizer()
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

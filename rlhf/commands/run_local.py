@@ -26,9 +26,11 @@ LOCAL_DEFAULTS = {
     "reward_model_train_steps": 10,
     "reward_model_batch_size": 4,
     "reward_model_gradient_accumulation_steps": 1,
-    "reinforcement_learning_train_steps": 8,
+    "reinforcement_learning_train_steps": 6,
+    "reinforcement_learning_batch_size": 4,
+    "reinforcement_learning_options": {"mini_batch_size": 2, "ppo_epochs": 2},
     "prompt_sequence_length": 256,
-    "target_sequence_length": 32,
+    "target_sequence_length": 48,
     "deploy_model": False,
 }
 
@@ -154,28 +156,51 @@ def _newest_run_dir(root: Path, before: set) -> Path | None:
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
 
+# What the main outputs are, for the listing at the end (other outputs are listed by name only).
+_DESCRIPTIONS = {
+    "validate-data/summary": "data validation summary (Markdown)",
+    "validate-data/stats": "dataset statistics (JSON)",
+    "validate-data/preference_data": "preference pairs, canonical JSONL",
+    "train-reward-model/reward_model": "the trained reward model (LoRA adapter + score head)",
+    "train-reward-model/metrics": "reward model metrics (JSON)",
+    "tune-policy/policy_adapter": "the tuned policy: a LoRA adapter on the base model",
+    "tune-policy/samples": "sample generations during PPO",
+    "tune-policy/tensorboard_logs": "PPO curves: tensorboard --logdir THIS",
+    "evaluate-model/report": "evaluation report, tuned vs base (HTML: open in a browser)",
+    "evaluate-model/summary": "evaluation summary (Markdown, printed below)",
+    "evaluate-model/predictions": "base and tuned responses per eval prompt",
+}
+
+
 def find_outputs(run_dir: Path) -> dict[str, Path]:
     """Output files and directories of a finished local run, by `task/output` name."""
     out = {}
-    for path in sorted(run_dir.rglob("*")):
-        rel = path.relative_to(run_dir)
-        if len(rel.parts) == 2:
-            out["/".join(rel.parts)] = path
+    for path in sorted(run_dir.glob("*/*")):
+        key = "/".join(path.relative_to(run_dir).parts)
+        if path.name != "executor_output.json" and not path.name.startswith("."):
+            out[key] = path
     return out
 
 
 def _show_outputs(run_dir: Path, outputs, elapsed: float) -> None:
     print(f"\nfinished in {elapsed:.0f} s; every task's outputs are under {run_dir}")
-    for key, path in find_outputs(run_dir).items():
-        print(f"  {key:48s} {path}")
+    found = find_outputs(run_dir)
+    for key, description in _DESCRIPTIONS.items():  # in pipeline order
+        if key in found:
+            print(f"  {description}:\n      {found[key]}")
+    others = sorted(set(found) - set(_DESCRIPTIONS))
+    if others:
+        print(f"  also: {', '.join(others)}")
     result = getattr(outputs, "outputs", None) or {}
     for name in ("model_resource_name", "endpoint_resource_name"):
-        if name in result and result[name]:
+        if result.get(name):
             print(f"  {name}: {result[name]}")
     summary = evaluation_summary(run_dir)
     if summary is not None:
         print(f"\nevaluation summary ({summary}):\n")
         print(summary.read_text(encoding="utf-8"))
+    else:
+        print("\nno evaluation ran (no eval dataset)")
 
 
 def evaluation_summary(run_dir: Path) -> Path | None:

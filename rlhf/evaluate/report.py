@@ -58,8 +58,10 @@ SINGLE_ROWS = [
 
 # Training curves: (title, metric names to draw from the history, y label)
 CURVES = [
-    ("Reward over PPO training", ["reward/mean"], "reward"),
-    ("KL from the reference over PPO training", ["policy/kl"], "KL"),
+    # reward/total: the score minus the KL penalty, what PPO maximizes
+    ("Reward over PPO training", ["reward/mean", "reward/total"], "reward"),
+    # PPO's policy/kl is summed over each response (compare eval/kl_seq, not the per-token eval/kl)
+    ("KL from the reference over PPO training", ["policy/kl"], "KL per response"),
 ]
 
 COLORS = {"base": "#8c8c8c", "tuned": "#1a73e8"}

@@ -282,6 +282,13 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalR
             "Reward model": config.reward_model or "(none)", "Training history": history_uri or "(none)",
             "Decoding": f"{decoding}, up to {config.target_sequence_length} new tokens, prompts up to "
                         f"{config.prompt_sequence_length} tokens"}
+    if kl is not None:
+        info["KL estimator"] = (
+            "along the tuned model's responses; eval/kl is the mean log-ratio (k1), "
+            + ("an unbiased estimate of KL(tuned || base) because responses are sampled"
+               if config.sampling and config.temperature == 1.0 and config.top_p == 1.0 and not config.top_k else
+               "here the log-ratio along decoded (not temperature-1 sampled) responses, a proxy for the KL")
+            + "; eval/kl_full is the exact KL of the next-token distributions along the same tokens (>= 0)")
     data = R.ReportData(metrics=metrics, info=info, alarm=alarm, reward_scores=raw, judge_scores=judged,
                         judge_rules=judge_rules, history=history, samples=samples, notes=notes)
     summary = R.render_markdown(data)

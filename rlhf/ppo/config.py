@@ -7,6 +7,8 @@ Names Google's `rlhf_pipeline` uses keep their names and defaults (`reinforcemen
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -104,6 +106,32 @@ class PPOConfig:
     save_merged_model: bool = field(default=False, metadata={
         "help": "Also write the policy merged into the base, in Hugging Face format, for serving."})
     log_every: int = field(default=1, metadata={"help": "Log line every this many steps."})
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PPOConfig":
+        """Build from loosely typed values (a KFP ``dict`` parameter turns 32 into 32.0); unknown
+        names and values of the wrong type are UserErrors."""
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise UserError(f"unknown PPO setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        out = {}
+        for name, value in values.items():
+            kind = hints[name]
+            if typing.get_origin(kind) is typing.Union:  # Optional[X] -> X
+                kind = next(a for a in typing.get_args(kind) if a is not type(None))
+            if value is None or typing.get_origin(kind) is list:
+                out[name] = list(value) if isinstance(value, (list, tuple)) else value
+            elif kind is int and isinstance(value, float) and value.is_integer():
+                out[name] = int(value)
+            elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+                out[name] = float(value)
+            elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+                out[name] = value
+            else:
+                raise UserError(f"PPO setting {name} is {value!r}; expected {getattr(kind, '__name__', kind)}")
+        return cls(**out)
 
     @property
     def learning_rate(self) -> float:

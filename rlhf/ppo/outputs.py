@@ -131,3 +131,20 @@ def write_samples(uri: str, rows: Iterable[dict]) -> None:
 
 def write_summary(uri: str, summary: dict, extra: Optional[dict] = None) -> None:
     storage.write_json(uri, {**summary, **(extra or {})})
+
+
+def export_artifacts(run_dir: str, adapter_uri: str, tensorboard_uri: Optional[str] = None,
+                     samples_uri: Optional[str] = None) -> None:
+    """Copy a finished run's adapter, TensorBoard logs and samples to separate locations (the KFP
+    component's output artifacts)."""
+    layout = OutputLayout(run_dir)
+    for src, dst in ((layout.adapter_dir, adapter_uri), (layout.tensorboard_dir, tensorboard_uri),
+                     (layout.samples_dir, samples_uri)):
+        if not dst:
+            continue
+        if storage.is_gcs(src):
+            with tempfile.TemporaryDirectory(prefix="rlhf-export-") as tmp:
+                storage.download_dir(src, tmp)
+                publish_dir(tmp, dst)
+        elif os.path.isdir(src):
+            publish_dir(src, dst)

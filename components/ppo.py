@@ -1,0 +1,53 @@
+"""KFP component: tune the policy with PPO (`rlhf.ppo`) against the trained reward model."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.image import TRAINER_IMAGE
+
+
+@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
+def tune_policy(
+    prompt_data: Input[Dataset],
+    reward_model: Input[Model],
+    policy_adapter: Output[Model],
+    metrics: Output[Metrics],
+    tensorboard_logs: Output[Artifact],
+    samples: Output[Artifact],
+    large_model_reference: str = "",
+    instruction: str = "",
+    prompt_sequence_length: int = 512,
+    target_sequence_length: int = 64,
+    reinforcement_learning_train_steps: int = 1000,
+    reinforcement_learning_rate_multiplier: float = 1.0,
+    kl_coeff: float = 0.1,
+    batch_size: int = 16,
+    options: dict = {},
+):
+    """PPO-tune a LoRA policy; `policy_adapter` is the peft adapter directory (loads with
+    `PeftModel.from_pretrained(base, path)`). Checkpoints live beside it (`../ppo_run`), so a
+    preempted task restarted on the same outputs resumes. `options` sets any other `PPOConfig`
+    field (e.g. {"mini_batch_size": 4, "adaptive_kl": true})."""
+    import os
+
+    from rlhf import storage
+    from rlhf.ppo.config import PPOConfig
+    from rlhf.ppo.outputs import export_artifacts
+    from rlhf.ppo.run import tune
+
+    run_dir = os.path.join(os.path.dirname(policy_adapter.path.rstrip("/")), "ppo_run")
+    config = PPOConfig.from_dict({
+        **options, "prompt_dataset": prompt_data.path, "reward_model": reward_model.path,
+        "output_dir": run_dir, "large_model_reference": large_model_reference or None,
+        "instruction": instruction or None, "prompt_sequence_length": prompt_sequence_length,
+        "target_sequence_length": target_sequence_length,
+        "reinforcement_learning_train_steps": reinforcement_learning_train_steps,
+        "reinforcement_learning_rate_multiplier": reinforcement_learning_rate_multiplier,
+        "kl_coeff": kl_coeff, "batch_size": batch_size})
+    summary = tune(config)
+    export_artifacts(run_dir, policy_adapter.path, tensorboard_logs.path, samples.path)
+    for name, value in summary.items():
+        metrics.log_metric(name, value)
+    storage.write_json(metrics.path, summary)  # a file at .path keeps KFP's cache working
+    policy_adapter.metadata["base_model"] = storage.read_json(
+        os.path.join(policy_adapter.path, "ppo_config.json"))["base_model"]
