@@ -33,7 +33,7 @@ def tiny_model(vocab=16, seed=0, init=0.1, value_model="head"):
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True, initializer_range=init, pad_token_id=EOS, eos_token_id=EOS)
+                      tie_word_embeddings=True, initializer_range=init)  # no pad_token_id: it would zero EOS's embedding
     lm = AutoModelForCausalLM.from_config(cfg)
     return SharedBaseModel(lm, lora_rank=8, lora_alpha=16, lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                            value_model=value_model)

@@ -60,3 +60,17 @@ def test_resume_truncates_history_jsonl_and_events(tmp_path):
     assert [r["loss/total"] for r in rows] == [1, 2, 3, 40, 50, 60]
     assert [r["loss/total"] for r in resumed.history] == [1, 2, 3, 40, 50, 60]
     assert [v for _, v in _events(tmp_path / "tb")["loss/total"]] == [1, 2, 3, 40, 50, 60]
+
+
+def test_resume_without_event_files_writes_the_history_again(tmp_path):
+    """Staged TensorBoard files lost with a preempted machine are rebuilt from the checkpoint."""
+    first = Tracker(tensorboard_dir=str(tmp_path / "lost"))
+    for step in (1, 2):
+        first.log(step, {"loss/total": float(step)})
+    saved = first.state_dict()
+    first.close()
+    resumed = Tracker(tensorboard_dir=str(tmp_path / "fresh"))
+    resumed.load_state_dict(saved, step=2)
+    resumed.log(3, {"loss/total": 3.0})
+    resumed.close()
+    assert [v for _, v in _events(tmp_path / "fresh")["loss/total"]] == [1, 2, 3]
