@@ -8,7 +8,7 @@ from kfp import dsl
 from kfp.dsl import Input, Model
 
 from components.deploy import deploy_model_to_endpoint, deployment_skipped, merge_policy, upload_model
-from pipelines.targets import request_small_machine
+from pipelines.targets import request_small_machine, with_hub_token_secret
 
 MERGE_CPU, MERGE_MEMORY = "8", "64G"
 
@@ -40,7 +40,7 @@ def deployment_stage(target: str):
                       model_display_name=model_display_name, encryption_spec_key_name=encryption_spec_key_name)
         with dsl.If(deploy_model == True, name="Deploy model"):  # noqa: E712 (a pipeline condition)
             merged = merge_policy(policy_adapter=tuned_model, large_model_reference=large_model_reference)
-            merged.set_display_name("Merge policy into base model")
+            with_hub_token_secret(merged).set_display_name("Merge policy into base model")
             if target != "local":  # the base model in bf16 fits in 64 GB up to ~30B parameters
                 merged.set_cpu_limit(MERGE_CPU).set_memory_limit(MERGE_MEMORY)
             uploaded = upload_model(

@@ -26,6 +26,7 @@ def evaluation_stage(target: str):
         prompt_sequence_length: int,
         target_sequence_length: int,
         batch_size: int,
+        max_examples: int,
         seed: int,
         gpu_type: str,
         gpu_count: int,
@@ -44,6 +45,7 @@ def evaluation_stage(target: str):
                 prompt_sequence_length=prompt_sequence_length,
                 target_sequence_length=target_sequence_length,
                 batch_size=batch_size,
+                max_examples=max_examples,
                 seed=seed,
             ).set_display_name("Evaluate tuned model")
             # Evaluation generates with base and tuned models: a GPU (and the CUDA image), also when

@@ -73,6 +73,7 @@ def build_pipeline(target: str = "vertex"):
         reinforcement_learning_batch_size: int = 16,
         reinforcement_learning_options: dict = {},
         evaluation_batch_size: int = 8,
+        evaluation_max_examples: int = 0,
         evaluation_seed: int = 0,
         # Ours: hardware per stage.
         reward_model_accelerator_type: str = "NVIDIA_L4",
@@ -124,6 +125,7 @@ def build_pipeline(target: str = "vertex"):
           reinforcement_learning_batch_size: Prompts sampled per PPO step.
           reinforcement_learning_options: Any other PPO setting as a JSON object, e.g. {"mini_batch_size": 8, "ppo_epochs": 4, "lora_rank": 8, "temperature": 0.7, "seed": 0, "adaptive_kl": true} (see `rlhf tune --help`).
           evaluation_batch_size: Eval prompts generated per batch.
+          evaluation_max_examples: Evaluate on the first N eval prompts only; 0 for all.
           evaluation_seed: Random seed of the evaluation.
           reward_model_accelerator_type: GPU for reward model training on Vertex AI (NVIDIA_L4, NVIDIA_TESLA_A100, NVIDIA_A100_80GB, NVIDIA_H100_80GB, ...).
           reward_model_accelerator_count: GPUs for reward model training (on a Kubeflow cluster: nvidia.com/gpu).
@@ -214,6 +216,7 @@ def build_pipeline(target: str = "vertex"):
             prompt_sequence_length=prompt_sequence_length,
             target_sequence_length=target_sequence_length,
             batch_size=evaluation_batch_size,
+            max_examples=evaluation_max_examples,
             seed=evaluation_seed,
             gpu_type=evaluation_accelerator_type,
             gpu_count=evaluation_accelerator_count,

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from kfp import dsl
@@ -26,6 +27,21 @@ KFP_GPU_RESOURCE = "nvidia.com/gpu"
 # Small CPU steps (validation, uploads, bookkeeping): Vertex's default e2-standard-4 fits them.
 SMALL_CPU = "4"
 SMALL_MEMORY = "16G"
+
+
+# A Secret Manager secret version holding a model-hub token (e.g.
+# projects/P/secrets/hf-token/versions/latest), named at compile time (`rlhf compile
+# --hub-token-secret`). Only the name goes into the YAML: the tasks that load models read the token
+# from Secret Manager at run time, so it never appears in the template, the parameters or the logs.
+HUB_TOKEN_SECRET_ENV = "RLHF_HUB_TOKEN_SECRET"
+
+
+def with_hub_token_secret(task: PipelineTask) -> PipelineTask:
+    """Give a model-loading task the hub-token secret's name, when one was named at compile time."""
+    name = os.environ.get(HUB_TOKEN_SECRET_ENV, "").strip()
+    if name:
+        task.set_env_variable(HUB_TOKEN_SECRET_ENV, name)
+    return task
 
 
 def check_target(target: str) -> str:
@@ -46,8 +62,9 @@ def request_accelerator(task: PipelineTask, target: str, accelerator_type, accel
                         cpu_limit=None, memory_limit=None, image: str | None = None) -> PipelineTask:
     """Ask for `accelerator_count` accelerators plus CPU and memory (None: whatever the accelerator's
     machine has) on `target`; values may be pipeline parameters. `image` replaces the component's
-    image (the TPU build of the trainer)."""
+    image (the TPU build of the trainer). Such a task loads models: it gets the hub-token secret."""
     check_target(target)
+    with_hub_token_secret(task)
     if target == "local":
         return task
     if image:

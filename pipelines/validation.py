@@ -9,7 +9,7 @@ from kfp.dsl import Dataset
 
 from components.conditions import is_given
 from components.validate import validate_data
-from pipelines.targets import request_small_machine
+from pipelines.targets import request_small_machine, with_hub_token_secret
 
 ValidationOutputs = NamedTuple(
     "ValidationOutputs",
@@ -42,7 +42,7 @@ def validation_stage(target: str):
             prompt_sequence_length=prompt_sequence_length,
             target_sequence_length=target_sequence_length,
         ).set_display_name("Validate datasets")
-        request_small_machine(checked, target)
+        request_small_machine(with_hub_token_secret(checked), target)  # it loads the tokenizer
         eval_given = is_given(value=eval_dataset).set_display_name("Eval dataset given?")
         request_small_machine(eval_given, target)
         return ValidationOutputs(

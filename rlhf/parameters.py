@@ -33,6 +33,9 @@ _POSITIVE_INT_SUFFIXES = ("_steps", "_sequence_length", "_batch_size", "_epochs"
 _POSITIVE_FLOAT_SUFFIXES = ("_multiplier",)
 _NON_NEGATIVE_FLOAT_NAMES = ("kl_coeff",)
 _CHOICES = {"accelerator_type": ("GPU", "TPU")}
+# Kubernetes-style quantities, which Vertex AI takes too: "8", "0.5", "500m"; "32G", "512Mi".
+_CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?(K|Ki|M|Mi|G|Gi|T|Ti)?$")
 
 # Bucket names: 3-63 characters of lowercase letters, digits, '-', '_' and '.', starting and ending
 # with a letter or digit (https://cloud.google.com/storage/docs/buckets#naming).
@@ -205,7 +208,26 @@ def _range_problem(name: str, value: Any) -> Optional[str]:
         return f"must be zero or positive, got {value}"
     if name in _CHOICES and value not in _CHOICES[name]:
         return f"must be one of {', '.join(_CHOICES[name])}, got {value!r}"
+    if isinstance(value, str) and name.endswith("_cpu_limit") and not _CPU.match(value):
+        return f"must be a number of CPUs such as 8 or 500m, got {value!r}"
+    if isinstance(value, str) and name.endswith("_memory_limit") and not _MEMORY.match(value):
+        return f"must be an amount of memory such as 32G or 512Mi, got {value!r}"
+    if isinstance(value, str) and name.endswith("_accelerator_type") and name != "accelerator_type":
+        known = _vertex_accelerators()
+        if value and known and value not in known:
+            close = difflib.get_close_matches(value, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (one of {', '.join(known)})"
+            return f"is not a Vertex AI accelerator: {value!r}{hint}"
     return None
+
+
+def _vertex_accelerators() -> list[str]:
+    """Accelerator names Vertex AI knows (from the installed client), or [] when it is absent."""
+    try:
+        from google.cloud.aiplatform_v1.types import AcceleratorType
+    except ImportError:
+        return []
+    return [a.name for a in AcceleratorType if a.name != "ACCELERATOR_TYPE_UNSPECIFIED"]
 
 
 def _remote_path_problem(value: str, remote: str) -> Optional[str]:
@@ -285,12 +307,16 @@ def resolve_parameters(template: Template, parameter_file: Optional[str] = None,
     return check_parameters(template, values, sources, raw_strings=overrides, remote=remote)
 
 
-def parameter_table(template: Template) -> str:
-    """A Markdown table of every parameter: name, type, default and the description compiled in."""
+def parameter_table(template: Template, order: Optional[Iterable[str]] = None) -> str:
+    """A Markdown table of every parameter: name, type, default and the description compiled in;
+    in `order` (the pipeline signature's) when given, else alphabetical (the YAML's)."""
     declared = template.spec["root"]["inputDefinitions"]["parameters"]
+    params = template.parameters
+    names = [n for n in (order or ()) if n in params] + sorted(set(params) - set(order or ()))
     words = {STRING: "str", INTEGER: "int", DOUBLE: "float", BOOLEAN: "bool", LIST: "list", STRUCT: "dict"}
     rows = ["| parameter | type | default | description |", "|---|---|---|---|"]
-    for name, param in template.parameters.items():
+    for name in names:
+        param = params[name]
         if param.has_default:
             default = f"`{json.dumps(param.default)}`"
         else:

@@ -155,6 +155,14 @@ def test_parameters_are_a_superset_of_googles_with_the_same_types_and_defaults(c
         n for n in ours if "defaultValue" not in declared[n])
 
 
+@pytest.mark.parametrize("target", ["vertex", "kfp"])
+def test_every_parameter_is_described_in_the_compiled_yaml(compiled, target):
+    """The docstring's Args become descriptions: the Vertex run form and the README table show them."""
+    declared = compiled[target]["root"]["inputDefinitions"]["parameters"]
+    undocumented = sorted(name for name, p in declared.items() if len(p.get("description", "")) < 10)
+    assert not undocumented
+
+
 def _placeholders(value) -> set[str]:
     return set(re.findall(r"\{\{\$\.inputs\.parameters\['([^']+)'\]\}\}", json.dumps(value)))
 
@@ -248,11 +256,25 @@ def test_images_follow_the_package_version_and_the_registry_override(tmp_path):
 def test_a_compiled_pipeline_carries_no_secret_from_the_environment(tmp_path, target):
     secrets = {"HF_TOKEN": "hf_SeCrEtToKeN123456789", "HUGGING_FACE_HUB_TOKEN": "hf_OtherSecret98765",
                "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "key-ABCDEF.json")}
-    _compile(tmp_path, target, env=_clean_env(**secrets))
+    secret_name = "projects/p1/secrets/hf-token/versions/latest"
+    spec = _compile(tmp_path, target, "--hub-token-secret", secret_name, env=_clean_env(**secrets))
     text = (tmp_path / f"{target}.yaml").read_text()
     for value in secrets.values():
         assert value not in text
     assert "HF_TOKEN" not in text and "GOOGLE_APPLICATION_CREDENTIALS" not in text
+    # only the secret's name travels, to every task that loads a model
+    loaders = {name: e["container"].get("env", []) for name, e in spec["deploymentSpec"]["executors"].items()
+               if name.startswith(("exec-validate", "exec-train", "exec-tune", "exec-evaluate", "exec-merge"))}
+    assert len(loaders) >= 4
+    for env in loaders.values():
+        assert {"name": "RLHF_HUB_TOKEN_SECRET", "value": secret_name} in env
+
+
+def test_hub_token_secret_must_be_a_secret_name_not_a_token(tmp_path):
+    done = subprocess.run([sys.executable, "compile.py", "--hub-token-secret", "hf_SeCrEt123",
+                           "--output", str(tmp_path / "x.yaml")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "never the token itself" in done.stderr
+    assert "hf_SeCrEt123" not in done.stderr + done.stdout and not (tmp_path / "x.yaml").exists()
 
 
 def test_compile_rejects_an_unknown_target(tmp_path):

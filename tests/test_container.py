@@ -198,7 +198,7 @@ def test_validation_component_runs_in_the_image(image, docker_host, root, tmp_pa
     assert Path(outputs["summary"]["path"]).read_text().strip()
 
 
-def test_invalid_data_fails_the_task_with_file_and_line(image, docker_host, root, tmp_path):
+def test_invalid_data_fails_the_task_and_writes_nothing(image, docker_host, root, tmp_path):
     bad = root / "bad.jsonl"
     good = {"input_text": "A post about a lost cat.", "candidate_0": "Cat lost.", "candidate_1": "A cat."}
     bad.write_text(json.dumps({**good, "choice": 0}) + "\n" + json.dumps({**good, "choice": "1"}) + "\n")
@@ -210,13 +210,17 @@ def test_invalid_data_fails_the_task_with_file_and_line(image, docker_host, root
     """, tmp_path, docker_host, image)
     log = done.stdout + done.stderr
     assert f"Found image '{image}'" in log
-    # The executor in the container failed, with the problem as URI:LINE in the task's log...
+    # The executor in the container failed and left no outputs. kfp then reports the task as FAILED
+    # under Docker, and as SUCCESS with no outputs under podman 4.3 (see _exit_codes), whose
+    # streamed log of the removed container may also be cut short: the message is checked below.
     assert _exit_codes(image, start) == [1], log[-3000:]
-    assert f"{bad}:2:" in log, log[-3000:]
-    # ...and left no outputs. (kfp then reports SUCCESS under podman 4.3 with no outputs, or fails
-    # the run under Docker: see _exit_codes.)
     if done.returncode == 0:
         assert json.loads(done.stdout.strip().splitlines()[-1]) == {}, log[-3000:]
-        assert "finished with status" in log and "has no outputs" in log
     task_dirs = list(root.glob("validate-data-*/validate-data"))
     assert task_dirs and not [p for d in task_dirs for p in d.rglob("*") if p.is_file()]
+
+    # The same data through the image's CLI: exit 2, the problem as URI:LINE, no traceback.
+    cli = _podman("run", "--rm", "--network", "none", "-v", f"{root}:{root}:ro", image,
+                  "rlhf", "validate", "--preference-dataset", str(bad))
+    assert cli.returncode == 2, cli.stdout + cli.stderr
+    assert f"{bad}:2:" in cli.stderr and "Traceback" not in cli.stderr, cli.stderr

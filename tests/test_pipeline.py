@@ -25,7 +25,7 @@ TINY_SETTINGS = [
     "--parameter", "reward_model_batch_size=2",
     "--parameter", "reinforcement_learning_batch_size=2",
     "--parameter", 'reinforcement_learning_options={"mini_batch_size": 2, "ppo_epochs": 1}',
-    "--parameter", "evaluation_batch_size=16",
+    "--parameter", "evaluation_batch_size=8", "--parameter", "evaluation_max_examples=8",
 ]
 
 

@@ -37,6 +37,7 @@ def test_component_tunes_and_reports(tmp_path, monkeypatch):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a tiny model: one thread is fastest
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     setup = build_tiny_setup(tmp_path / "setup")
     kfp_local.init(runner=kfp_local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),

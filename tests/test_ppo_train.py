@@ -20,6 +20,16 @@ from rlhf.ppo.trainer import NonFiniteError, PPOTrainer
 EOS = 2
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run far faster on one thread, above all on a busy machine (OpenMP threads of a
+    2-core box otherwise spin against other processes: seen 12 ms per 64-wide matmul)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class _Tok:
     """What the trainer needs of a tokenizer for prompts given as ids: EOS/pad ids and decode."""
     eos_token_id = EOS
@@ -51,8 +61,8 @@ def shorter_is_better(rollout):
 
 
 def toy_config(**kw):
-    base = dict(reinforcement_learning_train_steps=20, batch_size=16, mini_batch_size=8, target_sequence_length=8,
-                kl_coeff=0.1, reinforcement_learning_rate_multiplier=10, missing_eos_penalty=0,
+    base = dict(reinforcement_learning_train_steps=16, batch_size=16, mini_batch_size=8, target_sequence_length=8,
+                kl_coeff=0.1, reinforcement_learning_rate_multiplier=30, missing_eos_penalty=0,
                 checkpoint_every=0, temperature=1.0, ppo_epochs=4, sample_count=0, log_every=100)
     base.update(kw)
     return PPOConfig(**base)
@@ -66,9 +76,9 @@ def test_reward_rises_kl_stays_bounded_and_only_adapters_move(tmp_path):
     hist = trainer.tracker.history
     rewards = [row["reward/mean"] for row in hist]
     first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
-    assert last > first + 0.2, rewards
+    assert last > first + 0.3, rewards  # seen: about -0.8 -> -0.2 (seeds 0-2)
     kls = [row["policy/kl"] for row in hist]
-    assert max(kls) < 5.0, kls  # nats per response: the penalty keeps the policy near the reference
+    assert max(kls) < 6.0, kls  # nats per response (seen <= 3): the penalty keeps the policy near the reference
     for name in ("loss/policy", "loss/value", "policy/entropy", "policy/clipfrac", "policy/approx_kl",
                  "objective/kl_coeff", "response/length", "perf/tokens_per_s", "time/generation_s",
                  "time/scoring_s", "time/training_s", "reward/std", "optim/grad_norm"):
@@ -79,7 +89,7 @@ def test_reward_rises_kl_stays_bounded_and_only_adapters_move(tmp_path):
         changed = not torch.equal(before[name], p.detach())
         assert changed == (name in trainable), name
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["step"] for x in lines] == list(range(1, 21))
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 17))
 
 
 def test_value_adapter_variant_trains_both_adapters(tmp_path):
@@ -226,7 +236,8 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(tiny_setup, tmp_path
     assert cli.main(tune_args(tiny_setup, straight, steps)) == 0
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "rlhf", *tune_args(tiny_setup, killed, steps)],
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # the same arithmetic as this process (one thread)
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf", *tune_args(tiny_setup, killed, steps)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     marker = killed / "checkpoints" / "step-00000002" / "state.json"
     deadline = time.time() + 300

@@ -167,6 +167,10 @@ def test_kfp_submit_sends_the_run_to_the_v2beta1_api(templates, kfp_api, tmp_pat
     (["--parameter", "eval_dataset=gs://Bad_Bucket!/eval.jsonl"], "not a valid bucket name"),
     (["--parameter", "eval_dataset=data/eval.jsonl"], "a path on this machine"),
     (["--parameter", "accelerator_type=FPGA"], "must be one of GPU, TPU"),
+    (["--parameter", "reward_model_accelerator_type=NVIDIA_L5"], "did you mean 'NVIDIA_L4'"),
+    (["--parameter", "reward_model_memory_limit=32 GB"], "amount of memory"),
+    (["--parameter", "evaluation_cpu_limit=eight"], "number of CPUs"),
+    (["--parameter", "reinforcement_learning_options=[1, 2]"], "must be a JSON object"),
     (["--parameter", "steps"], "expected NAME=VALUE"),
 ])
 def test_a_bad_parameter_exits_2_and_sends_nothing(templates, bad, message, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
 HELP = "compile the RLHF pipeline to a YAML file for Vertex AI (default) or a Kubeflow Pipelines cluster"
 
@@ -18,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --target kfp: request no GPUs (a cluster without GPU nodes, e.g. kind)")
     parser.add_argument("--output", default=DEFAULT_OUTPUT,
                         help=f"where to write the YAML (default: {DEFAULT_OUTPUT})")
+    parser.add_argument("--hub-token-secret", metavar="SECRET_VERSION",
+                        help="Secret Manager secret version holding a model-hub token for gated models, e.g. "
+                             "projects/PROJECT/secrets/hf-token/versions/latest: the tasks that load models read "
+                             "it at run time; only this name goes into the YAML (the token never does)")
     parser.add_argument("--list-parameters", action="store_true",
                         help="also print a Markdown table of every pipeline parameter (type, default, meaning)")
     parser.add_argument("--image-registry", metavar="REGISTRY",
@@ -47,12 +52,20 @@ def run(args: argparse.Namespace) -> int:
     if args.image_registry:
         # components/image.py reads it when the components are first imported (below).
         os.environ["RLHF_IMAGE_REGISTRY"] = args.image_registry
+    if args.hub_token_secret:
+        if not re.match(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$", args.hub_token_secret):
+            # The value is not echoed: it may be a token pasted by mistake.
+            raise UserError("--hub-token-secret: expected a Secret Manager name, "
+                            "projects/PROJECT/secrets/NAME/versions/VERSION (a name, never the token itself)")
+        os.environ["RLHF_HUB_TOKEN_SECRET"] = args.hub_token_secret  # read by pipelines.targets
     path = compile_pipeline(target, args.output)
     from components.image import IMAGE, TPU_IMAGE, TRAINER_IMAGE
     print(f"wrote {path} (target: {target})")
     print(f"images: {IMAGE}, {TRAINER_IMAGE}" + (f", {TPU_IMAGE}" if args.target == "vertex" else ""))
     if args.list_parameters:
+        from pipelines.rlhf_pipeline import build_pipeline
         from rlhf.parameters import load_template, parameter_table
+        order = list(build_pipeline(target).component_spec.inputs or {})
         print()
-        print(parameter_table(load_template(path)))
+        print(parameter_table(load_template(path), order))
     return 0
