@@ -168,7 +168,7 @@ def ours_worker(spec: dict, value_model: str = "head") -> dict:
     seconds = sum(r["time/step_s"] for r in timed)
     tokens = sum(r["response/length"] * spec["batch_size"] for r in timed)
     split = {k: sum(r[k] for r in timed) / len(timed) for k in
-             ("time/generation_s", "time/reference_s", "time/scoring_s", "time/training_s")}
+             ("time/generation_s", "time/reference_s", "time/value_s", "time/scoring_s", "time/training_s")}
     return {"episodes_per_s": len(timed) * spec["batch_size"] / seconds, "tokens_per_s": tokens / seconds,
             "step_s": seconds / len(timed), "split": split, "peak_rss_mb": peak_rss_mb(),
             **_cuda_peak(torch, spec)}
@@ -277,8 +277,10 @@ def ensure_trl_venv(path: Path) -> Path:
     return python
 
 
-def run_worker(python: str, role: str, spec_path: Path, extra=()) -> dict:
+def run_worker(python: str, role: str, spec_path: Path, extra=(), threads=None) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     cmd = [python, str(HERE), "--worker", role, "--spec", str(spec_path), *extra]
     log(f"running {role}: {' '.join(cmd)}")
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
@@ -316,6 +318,9 @@ def main(argv=None) -> int:
     p.add_argument("--response-length", type=int, default=None)
     p.add_argument("--prompt-length", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per side (default: torch's default). On a machine shared with other "
+                        "jobs, 1 avoids OpenMP threads waiting on each other")
     p.add_argument("--trl-venv", default="/tmp/trl-venv")
     p.add_argument("--work-dir", default=None)
     p.add_argument("--value-model-study", action="store_true", help="ours only: value head vs value adapter")
@@ -346,12 +351,12 @@ def main(argv=None) -> int:
     spec_path.write_text(json.dumps(spec))
     setting = (f"model {args.model_config or args.model} | device {args.device} | steps {args.steps} | "
                f"batch {args.batch_size} | minibatch {args.mini_batch_size} | epochs {args.ppo_epochs} | "
-               f"response {args.response_length} | LoRA r8 q/k/v/o")
+               f"response {args.response_length} | LoRA r8 q/k/v/o | threads {args.threads or 'default'}")
     log(setting)
 
     if args.value_model_study:
-        head = run_worker(sys.executable, "ours", spec_path)
-        adapter = run_worker(sys.executable, "ours-adapter", spec_path)
+        head = run_worker(sys.executable, "ours", spec_path, threads=args.threads)
+        adapter = run_worker(sys.executable, "ours-adapter", spec_path, threads=args.threads)
         for name, r in (("head", head), ("adapter", adapter)):
             split = " ".join(f"{k.split('/')[1]} {v:.2f}s" for k, v in r["split"].items())
             print(f"value {name:8s} step {r['step_s']:.2f}s ({split}) | peak RSS {r['peak_rss_mb']:.0f} MB")
@@ -361,8 +366,8 @@ def main(argv=None) -> int:
         return 0
 
     trl_python = ensure_trl_venv(Path(args.trl_venv))
-    ours = run_worker(sys.executable, "ours", spec_path)
-    trl = run_worker(str(trl_python), "trl", spec_path)
+    ours = run_worker(sys.executable, "ours", spec_path, threads=args.threads)
+    trl = run_worker(str(trl_python), "trl", spec_path, threads=args.threads)
     print(setting)
     for name, r in (("ours", ours), (f"trl {TRL_VERSION}", trl)):
         mem = f" | peak GPU {r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else ""

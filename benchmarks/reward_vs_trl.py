@@ -1,8 +1,8 @@
 """Reward-model training, ours vs Hugging Face TRL's RewardTrainer, on the same model, data, batch
 size, sequence lengths, LoRA config, learning rate schedule and number of steps.
 
-    python benchmarks/reward_vs_trl.py --quick        # < 10 min on 2 CPU cores
-    python benchmarks/reward_vs_trl.py                # longer, steadier numbers
+    python benchmarks/reward_vs_trl.py --quick        # 8 steps x 4 pairs: < 10 min on 2 CPU cores
+    python benchmarks/reward_vs_trl.py                # 100 steps x 8 pairs: steadier numbers
 
 Each trainer runs in its own subprocess (so peak RSS, ``ru_maxrss``, is its own) and reports:
 training throughput in preference pairs/s (training steps only: model loading, tokenization and
@@ -66,27 +66,31 @@ def prepare(args, workdir: Path) -> dict:
     from rlhf.reward.batching import encode_pairs
     from rlhf.reward.data import split_heldout
 
-    if args.data:
-        rows, source = [json.loads(l) for l in Path(args.data).read_text().splitlines() if l.strip()], args.data
-    elif SAMPLE.exists():
-        rows, source = [json.loads(l) for l in SAMPLE.read_text().splitlines() if l.strip()], str(SAMPLE)
+    from rlhf.reward.data import load_datasets
+    source = args.data or (str(SAMPLE) if SAMPLE.exists() else "synthetic")
+    if source == "synthetic":
+        source_path = workdir / "synthetic.jsonl"
+        canonical.write_jsonl(str(source_path), [canonical.from_dict(canonical.PreferencePair, r)
+                                                 for r in synthetic_rows(args.pairs, args.seed)])
     else:
-        rows, source = synthetic_rows(args.pairs, args.seed), "synthetic"
-    pairs = [canonical.from_dict(canonical.PreferencePair, r) for r in rows][: args.pairs]
+        source_path = Path(source)
+    pairs, _ = load_datasets(str(source_path))  # user formats (the sample is Google's) are validated
+    n_rows = len(pairs)
+    pairs = pairs[: args.pairs]
     tokenizer = models.load_tokenizer(args.model)
     big = 10**6
     encoded, _ = encode_pairs(tokenizer, pairs, big, big)
     keep = [i for i, e in enumerate(encoded)
             if len(e.prompt) <= args.max_prompt and max(len(e.chosen), len(e.rejected)) <= args.max_response]
     pairs = [pairs[i] for i in keep]
-    train_idx, held_idx = split_heldout(len(pairs), 0.2, args.heldout, args.seed)
+    train_idx, held_idx = split_heldout(len(pairs), 0.25, args.heldout, args.seed)
     train = [pairs[i] for i in train_idx]
     held = [pairs[i] for i in held_idx]
     canonical.write_jsonl(str(workdir / "train.jsonl"), train)
     canonical.write_jsonl(str(workdir / "heldout.jsonl"), [
         canonical.EvalExample(p.messages, p.source, p.instruction, p.chosen, p.rejected) for p in held])
     lengths = [encoded[i].length(False) // 2 for i in keep]
-    return {"data": source, "pairs_total": len(rows), "pairs_used": len(pairs), "train_pairs": len(train),
+    return {"data": source, "pairs_total": n_rows, "pairs_used": len(pairs), "train_pairs": len(train),
             "heldout_pairs": len(held), "mean_tokens_per_sequence": sum(lengths) / max(len(lengths), 1)}
 
 
@@ -183,7 +187,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--data", default="", help="canonical preference JSONL (default: sample data)")
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None, help="pairs per step (quick: 4, else 8)")
     parser.add_argument("--accum", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-3, help="both trainers (LoRA rank 4)")
     parser.add_argument("--max-prompt", type=int, default=256)
@@ -197,8 +201,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.spec)
-    steps = args.steps or (16 if args.quick else 150)
-    heldout = args.heldout or (64 if args.quick else 200)
+    steps = args.steps or (8 if args.quick else 100)
+    args.batch_size = args.batch_size or (4 if args.quick else 8)
+    heldout = args.heldout or (32 if args.quick else 200)
     args.heldout = heldout
 
     import torch

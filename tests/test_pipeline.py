@@ -4,6 +4,8 @@ without an eval dataset. Then the tuned adapter is merged for serving, as the de
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import tempfile
@@ -53,8 +55,6 @@ def _run_dir(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def gcs_run(gcs_emulator, tiny_model, quiet_tmp, tmp_path_factory):
     """The compiled Kubeflow YAML, loaded back and run locally on gs:// datasets."""
-    from google.cloud import storage as gcs
-
     bucket = gcs_emulator.client().bucket(gcs_emulator.bucket)
     uris = {}
     for name, path in (("preference", samples.preference_dataset()), ("prompts", samples.prompt_dataset()),
@@ -62,20 +62,15 @@ def gcs_run(gcs_emulator, tiny_model, quiet_tmp, tmp_path_factory):
         blob = bucket.blob(f"test-pipeline/{name}.jsonl")
         blob.upload_from_filename(path)
         uris[name] = f"gs://{gcs_emulator.bucket}/{blob.name}"
-    assert isinstance(bucket, gcs.Bucket)
     out = tmp_path_factory.mktemp("gcs-run")
     template = compile_pipeline("kfp", str(out / "kfp.yaml"))
     root = out / "root"
-    capture = out / "stdout.txt"
-    import contextlib
-    import io
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         code = cli.main(["run-local", "--template", template, "--pipeline-root", str(root),
                          "--preference-dataset", uris["preference"], "--prompt-dataset", uris["prompts"],
                          "--eval-dataset", uris["eval"], "--instruction", samples.INSTRUCTION,
                          "--model", str(tiny_model), *TINY_SETTINGS])
-    capture.write_text(buffer.getvalue())
     return code, root, buffer.getvalue()
 
 

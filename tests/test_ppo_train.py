@@ -190,7 +190,7 @@ def test_tune_cli_writes_a_loadable_adapter_metrics_and_samples(tiny_setup, tmp_
     from peft import PeftModel
     from rlhf import cli
     out = tmp_path / "run"
-    assert cli.main(tune_args(tiny_setup, out, 3)) == 0
+    assert cli.main(tune_args(tiny_setup, out, 3, ["--save-merged-model"])) == 0
     adapter = out / "policy_adapter"
     assert {"adapter_config.json", "adapter_model.safetensors", "value_head.safetensors",
             "ppo_config.json"} <= set(os.listdir(adapter))
@@ -207,6 +207,13 @@ def test_tune_cli_writes_a_loadable_adapter_metrics_and_samples(tiny_setup, tmp_
     base = AutoModelForCausalLM.from_pretrained(tiny_setup / "base")
     peft_model = PeftModel.from_pretrained(base, str(adapter))
     assert any(p.abs().sum() > 0 for n, p in peft_model.named_parameters() if "lora_B" in n)
+    # the merged model (Hugging Face format, for serving) computes what base + adapter computes
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged_model")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, peft_model(ids).logits, atol=1e-4, rtol=1e-4)
+        plain = AutoModelForCausalLM.from_pretrained(tiny_setup / "base")
+        assert not torch.allclose(merged(ids).logits, plain(ids).logits, atol=1e-4)
 
 
 def test_tune_rejects_bad_input_before_loading_models(tiny_setup, tmp_path, capsys):

@@ -27,9 +27,9 @@ def reward_only(preference_uri: str, eval_uri: str, model: str) -> NamedTuple(
     evals = dsl.importer(artifact_uri=eval_uri, artifact_class=Dataset, reimport=True)
     task = train_reward_model(
         preference_data=pref.output, eval_data=evals.output, large_model_reference=model,
-        reward_model_train_steps=12, batch_size=8, gradient_accumulation_steps=1,
+        reward_model_train_steps=8, batch_size=8, gradient_accumulation_steps=1,
         reward_model_learning_rate_multiplier=30.0,
-        options={"eval_every": 6, "checkpoint_every": 6, "lora_target_modules": ["q_proj", "v_proj"],
+        options={"eval_every": 4, "checkpoint_every": 4, "lora_target_modules": ["q_proj", "v_proj"],
                  "normalization_pairs": 32})
     outputs = NamedTuple("Outputs", reward_model=Model, metrics=Metrics,
                          classification=ClassificationMetrics, tensorboard=Artifact)
@@ -55,7 +55,7 @@ def test_component_trains_and_reports(tmp_path, monkeypatch):
 
     model_dir = Path(out["reward_model"].path)
     info = json.loads((model_dir / "reward_model.json").read_text())
-    assert info["train_steps"] == 12 and (model_dir / "adapter_model.safetensors").exists()
+    assert info["train_steps"] == 8 and (model_dir / "adapter_model.safetensors").exists()
     metrics = out["metrics"].metadata
     assert metrics["eval/accuracy"] >= 0.9 and metrics["eval/pairs"] == 16
     assert "heldout/roc_auc" in metrics and "loss/total" in metrics

@@ -19,7 +19,7 @@ from test_reward_helpers import build_tiny_model, synthetic_rows, write_jsonl
 def _command(tiny, data, out):
     return [sys.executable, "-m", "rlhf", "train-reward", "--preference-dataset", str(data),
             "--output-dir", str(out), "--large-model-reference", str(tiny),
-            "--reward-model-train-steps", "24", "--batch-size", "4", "--gradient-accumulation-steps", "2",
+            "--reward-model-train-steps", "16", "--batch-size", "4", "--gradient-accumulation-steps", "2",
             "--reward-model-learning-rate-multiplier", "20", "--lora-dropout", "0.1",  # dropout: RNG matters
             "--checkpoint-every", "4", "--eval-every", "6", "--log-every", "6", "--normalization-pairs", "32",
             "--lora-target-modules", "q_proj", "v_proj", "--warmup-ratio", "0.2"]

@@ -145,3 +145,25 @@ def test_resuming_with_other_settings_is_refused(tiny, data, tmp_path):
     with pytest.raises(UserError, match=r"other settings \(reward_lora_dim: 4 -> 8\)"):
         train_reward_model(_config(tiny, data, out, reward_model_train_steps=2, checkpoint_every=1,
                                    eval_every=2, normalization_pairs=4, reward_lora_dim=8))
+
+
+def test_gradient_checkpointing_gives_the_same_step(tiny):
+    tok = models.load_tokenizer(tiny)
+    pairs = [PreferencePair(r["messages"], r["chosen"], r["rejected"]) for r in synthetic_rows(8)]
+    encoded, _ = batching.encode_pairs(tok, pairs, 64, 32)
+    config = RewardConfig(preference_dataset="x", output_dir="x", lora_dropout=0.0)
+    results = []
+    for checkpointing in (False, True):
+        model = build_reward_model(tiny, tok, lora_rank=4, lora_alpha=8, lora_dropout=0.0,
+                                   target_modules=["q_proj", "v_proj"], seed=0,
+                                   gradient_checkpointing=checkpointing)
+        model.train()
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        collate = Collator(model, tok.pad_token_id, True, torch.device("cpu"))
+        metrics = train_step(model, collate, [encoded], optimizer, scheduler, config)
+        results.append((metrics, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}))
+    assert results[1][0]["loss/total"] == pytest.approx(results[0][0]["loss/total"], rel=1e-6)
+    assert results[1][0]["optim/grad_norm"] == pytest.approx(results[0][0]["optim/grad_norm"], rel=1e-4)
+    for name, value in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], value, rtol=1e-4, atol=1e-6)

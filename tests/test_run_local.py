@@ -70,8 +70,12 @@ def test_invalid_data_exits_2_with_file_and_line_before_any_task_runs(tmp_path, 
     (["--parameter", "deploy_model=perhaps"], "must be true or false"),
     (["--preference-dataset", "/no/such/file.jsonl"], "/no/such/file.jsonl"),
     (["--template", "/no/such/template.yaml"], "no such file"),
+    (["--template", "VERTEX"], "compile one with `rlhf compile --target kfp`"),
 ])
 def test_mistakes_exit_2_without_running(tmp_path, capsys, argv, message):
+    if argv == ["--template", "VERTEX"]:
+        from rlhf.commands.compile import compile_pipeline
+        argv = ["--template", compile_pipeline("vertex", str(tmp_path / "vertex.yaml"))]
     code, captured, root = _run(tmp_path, capsys, *argv)
     assert code == 2, captured
     assert message in captured.err and "Traceback" not in captured.err

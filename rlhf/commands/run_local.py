@@ -7,7 +7,6 @@ enough to finish in minutes on 2 CPU cores; every flag and `--parameter NAME=VAL
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -215,7 +214,12 @@ def run(args: argparse.Namespace) -> int:
     import kfp.local
 
     pipeline = _pipeline(args.template)
-    values = parameter_values(args, _template_of(pipeline, args.template))
+    template = _template_of(pipeline, args.template)
+    if template.target == "vertex":
+        # Its GPU/TPU branches hand artifacts on with dsl.OneOf, which kfp's local runner cannot do.
+        raise UserError(f"--template {args.template} was compiled for Vertex AI; kfp's local runner cannot "
+                        f"run it: compile one with `rlhf compile --target kfp`, or leave out --template")
+    values = parameter_values(args, template)
     _preflight(values)
     root = Path(args.pipeline_root).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)

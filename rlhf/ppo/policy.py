@@ -95,6 +95,9 @@ class SharedBaseModel(nn.Module):
         self._trainable = {n for n, _ in self.named_parameters()
                            if n.startswith("value_head.")
                            or (".lora_" in n and any(f".{a}." in n for a in trained_adapters))}
+        for name, p in self.named_parameters():
+            if name in self._trainable and p.dtype != torch.float32:
+                p.data = p.data.float()  # fp32 adapters over a bf16 base: AdamW updates need the precision
         self._use_adapter(POLICY)
 
     # -- adapters -------------------------------------------------------------------------------

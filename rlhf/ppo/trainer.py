@@ -193,10 +193,11 @@ class PPOTrainer:
         use_kl = self.kl_ctl.value > 0 or cfg.adaptive_kl
         ref_logprobs = (model.reference_logprobs(r.input_ids, r.attention_mask, r.prompt_width, cfg.temperature)
                         if use_kl else None)
-        if model.value_model == "adapter":
+        t_ref = self.timer.now()
+        if model.value_model == "adapter":  # the head variant got its values from the rollout
             with torch.no_grad():
                 r.values = model.value_pass(r.input_ids, r.attention_mask, r.prompt_width) * mask
-        t_ref = self.timer.now()
+        t_value = self.timer.now()
         scores = self.score(r)
         t_score = self.timer.now()
 
@@ -233,7 +234,8 @@ class PPOTrainer:
             "perf/generation_tokens_per_s": tokens / max(t_gen - t0, 1e-9),
             "time/generation_s": t_gen - t0,
             "time/reference_s": t_ref - t_gen,
-            "time/scoring_s": t_score - t_ref,
+            "time/value_s": t_value - t_ref,
+            "time/scoring_s": t_score - t_value,
             "time/training_s": t_train - t_score,
             "time/step_s": step_s,
         }

@@ -99,6 +99,13 @@ class RewardConfig:
     trust_remote_code: bool = field(default=False, metadata={
         "help": "allow model code from the model directory (only for models you trust)"})
 
+    def __post_init__(self):
+        # Optional pipeline parameters arrive as None; "" means "not given" everywhere here.
+        for name in ("preference_dataset", "output_dir", "eval_dataset", "instruction", "tensorboard_dir", "device"):
+            if getattr(self, name) is None:
+                setattr(self, name, "")
+        self.lora_target_modules = list(self.lora_target_modules or [])
+
     @classmethod
     def from_dict(cls, values: dict) -> "RewardConfig":
         """Build from loosely typed values (a KFP ``dict`` parameter turns 32 into 32.0); unknown
