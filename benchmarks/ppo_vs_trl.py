@@ -72,7 +72,6 @@ def response_tokens(responses, eos_id: int) -> int:
 
 def prepare(args, work: Path) -> dict:
     """Base model, reward model and prompts shared by both sides; returns the worker spec."""
-    import torch
     from rlhf import models, samples
     from rlhf.data.canonical import Prompt, prompt_messages, write_jsonl
     if args.model_config:
@@ -89,7 +88,6 @@ def prepare(args, work: Path) -> dict:
     write_jsonl(str(work / "prompts.jsonl"), rows)
     prompt_ids = [models.encode_prompt(tokenizer, prompt_messages(r), True, max_length=args.prompt_length)
                   for r in rows]
-    del torch
     return {
         "base": str(base), "reward_model": str(reward_dir), "prompts": str(work / "prompts.jsonl"),
         "prompt_ids": prompt_ids, "steps": args.steps, "batch_size": args.batch_size,

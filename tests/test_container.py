@@ -11,6 +11,7 @@ Docker-compatible API (else a `podman system service` is started here).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -108,7 +109,8 @@ def root(tmp_path: Path) -> Path:
 
 def test_image_is_pinned_non_root_and_holds_the_default_model(image):
     probe = textwrap.dedent("""
-        import json, os, shutil, sys
+        import hashlib, importlib, json, os, shutil, sys
+        from pathlib import Path
         from importlib import metadata
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -126,6 +128,10 @@ def test_image_is_pinned_non_root_and_holds_the_default_model(image):
             "dists": {d.metadata["Name"].lower().replace("_", "-"): d.version
                       for d in metadata.distributions()},
             "pip_cache": os.path.exists(os.path.expanduser("~/.cache/pip")),
+            "code": {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                     for pkg in ("rlhf", "components", "pipelines")
+                     for root in [Path(importlib.import_module(pkg).__file__).parent.parent]
+                     for p in sorted((root / pkg).rglob("*")) if p.suffix in (".py", ".jsonl")},
             "compilers": [c for c in ("gcc", "cc", "g++", "make") if shutil.which(c)],
         }))
     """)
@@ -135,6 +141,11 @@ def test_image_is_pinned_non_root_and_holds_the_default_model(image):
 
     assert got["uid"] != 0, "the image must run as a non-root user"
     assert got["version"] == __version__, "the image was built from another version of the code"
+    tree = {str(p.relative_to(REPO)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for pkg in ("rlhf", "components", "pipelines")
+            for p in sorted((REPO / pkg).rglob("*")) if p.suffix in (".py", ".jsonl")}
+    stale = sorted({name for name, _ in set(tree.items()) ^ set(got["code"].items())})
+    assert not stale, f"the image holds other code than this tree (rebuild it): {stale[:10]}"
     # The default model was converted at build time: it resolves offline, from the image's cache,
     # and it is the real SmolLM2 (a random or broken checkpoint would not know this).
     assert got["model_path"] == f"{got['cache']}/models/smollm2-135m-instruct"

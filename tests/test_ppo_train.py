@@ -262,3 +262,31 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(tiny_setup, tmp_path
     w2, m2 = _final_state(killed)
     assert m1 == m2
     assert set(w1) == set(w2) and all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    from rlhf.errors import UserError
+    cfg = toy_config(reinforcement_learning_train_steps=1, checkpoint_every=1, ppo_epochs=1)
+    PPOTrainer(cfg, tiny_model(), _Tok(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path))).train()
+    other = toy_config(reinforcement_learning_train_steps=2, checkpoint_every=1, ppo_epochs=1, kl_coeff=0.3)
+    trainer = PPOTrainer(other, tiny_model(), _Tok(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path)))
+    with pytest.raises(UserError, match="kl_coeff"):
+        trainer.resume()
+    # more steps with the same settings is a plain resume
+    more = toy_config(reinforcement_learning_train_steps=2, checkpoint_every=1, ppo_epochs=1)
+    assert PPOTrainer(more, tiny_model(), _Tok(), toy_prompts(), shorter_is_better,
+                      OutputLayout(str(tmp_path))).resume() == 1
+
+
+def test_config_from_dict_coerces_kfp_numbers_and_rejects_unknown_names():
+    from rlhf.errors import UserError
+    cfg = PPOConfig.from_dict({"batch_size": 32.0, "kl_coeff": 1, "lora_target_modules": ("q_proj",),
+                               "instruction": None})
+    assert cfg.batch_size == 32 and isinstance(cfg.batch_size, int) and cfg.kl_coeff == 1.0
+    assert cfg.lora_target_modules == ["q_proj"]
+    with pytest.raises(UserError, match="unknown PPO setting"):
+        PPOConfig.from_dict({"batch_sise": 8})
+    with pytest.raises(UserError, match="expected int"):
+        PPOConfig.from_dict({"batch_size": "8"})
+    with pytest.raises(UserError, match="--top-p"):
+        PPOConfig(top_p=0).validate()

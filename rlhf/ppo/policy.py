@@ -9,18 +9,21 @@
   loaded as adapter ``reward`` with its score head (``attach_reward``); so the run holds one base
   copy in all. (A reward model on another base is loaded apart, frozen: see ``rlhf.ppo.reward``.)
 
-Why a value head and not a second adapter (measured: SmolLM2-135M, CPU, 2 cores, fp32, batch 8,
-prompt 64 + response 48 tokens, LoRA r=8 on q/k/v/o; ``python -m rlhf.ppo.policy --measure``):
+Why a value head and not a second adapter, measured (SmolLM2-135M-Instruct, CPU, fp32, one thread
+on a shared 2-core machine, batch 8, prompts <= 128 + 32 response tokens, 2 PPO epochs x 2
+minibatches, LoRA r=8 on q/k/v/o; mean of steps 2-3 of
+``python benchmarks/ppo_vs_trl.py --quick --steps 3 --threads 1 --value-model-study``):
 
-    variant   rollout values   train step (fwd+bwd)   peak RSS
-    head      0 s (free)       VALUE_HEAD_TIMES
-    adapter   VALUE_ADAPTER_TIMES
+    value model   step    generation  reference  values  scoring  training   peak RSS
+    head          62.6 s  14.3 s      7.9 s      0 s     7.6 s    32.9 s     2533 MB
+    adapter       89.6 s  13.9 s      6.0 s      6.1 s   5.8 s    57.9 s     3863 MB
 
-The head reads the hidden states the policy pass computes anyway, so the rollout gets values for
-free from the decoding loop and each PPO minibatch needs one forward/backward instead of two. The
-price is that the value loss also moves the shared policy LoRA (scaled by ``vf_coef``); the
-"N implementation details" study (Huang et al. 2022) trains a separate critic, so the adapter
-variant stays available (``--value-model adapter``) for users who want the decoupled critic.
+(one run each; absolute times are inflated by other jobs on the machine). The head
+reads the hidden states the policy pass computes anyway: the rollout gets values for free from the
+decoding loop, and each PPO minibatch needs one forward/backward instead of two (whose graphs are
+alive together, hence +1.3 GB). The price is that the value loss also moves the shared policy LoRA
+(scaled by ``vf_coef``); the "N implementation details" study (Huang et al. 2022) trains a separate
+critic, so the adapter variant stays available (``--value-model adapter``) for a decoupled critic.
 
 Adapter switching goes through ``_use_adapter``: peft's ``set_adapter`` flips ``requires_grad`` on
 the adapters (it makes the active one trainable), so each switch restores the flags we set, which
@@ -31,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from typing import Optional, Sequence
 
 import torch
@@ -225,7 +227,3 @@ def parameter_count(module: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     total = sum(p.numel() for p in module.parameters())
     return sum(p.numel() for p in module.parameters() if p.requires_grad), total
-
-
-def _fmt_mb(n: float) -> str:
-    return f"{n / 2**20:.0f} MB" if math.isfinite(n) else "?"

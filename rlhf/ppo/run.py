@@ -1,10 +1,20 @@
 """`tune(config)`: the whole PPO step, from a prompt dataset and a trained reward model to a policy
-adapter. The CLI (`rlhf tune`) and the KFP component both call this."""
+adapter. The CLI (`rlhf tune`) and the KFP component both call this.
+
+Devices, chosen at run time (`--device`, else `RLHF_DEVICE`, else CUDA when present, else CPU;
+`rlhf.models.pick_device`):
+- CPU: fp32.
+- CUDA: bf16 weights (fp32 adapters, value head and softmax statistics) with SDPA attention.
+- TPU: `--device xla` (or `RLHF_DEVICE=xla`) with torch_xla installed runs the same code; the lazy
+  graph is cut once per decoded token and once per optimizer step (`xm.mark_step`), and each
+  response length compiles once. Not testable here; kept to those two calls.
+- Several GPUs: `torchrun --nproc_per_node N -m rlhf tune ...` (data parallel, see
+  `rlhf.ppo.distributed`).
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import time

@@ -21,7 +21,6 @@ message naming the value; the last good checkpoint stays and the outputs are not
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
