@@ -92,11 +92,13 @@ def test_reward_rises_kl_stays_bounded_and_only_adapters_move(tmp_path):
     assert [json.loads(x)["step"] for x in lines] == list(range(1, 17))
 
 
-def test_value_adapter_variant_trains_both_adapters(tmp_path):
+def test_value_adapter_variant_with_entropy_bonus_trains_both_adapters(tmp_path):
     model = tiny_model(value_model="adapter")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    cfg = toy_config(reinforcement_learning_train_steps=2, ppo_epochs=2)
-    PPOTrainer(cfg, model, _Tok(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path))).train()
+    cfg = toy_config(reinforcement_learning_train_steps=2, ppo_epochs=2, ent_coef=0.01, gradient_accumulation_steps=2)
+    trainer = PPOTrainer(cfg, model, _Tok(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path)))
+    trainer.train()
+    assert trainer.tracker.history[-1]["loss/entropy"] < 0  # the entropy bonus is in the objective
     moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert any(".value." in n for n in moved) and any(".policy." in n for n in moved)
     assert all(".lora_" in n or n.startswith("value_head.") for n in moved)
