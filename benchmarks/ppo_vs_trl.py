@@ -164,11 +164,13 @@ def ours_worker(spec: dict, value_model: str = "head") -> dict:
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     timed = rows[1:] if len(rows) > 1 else rows
     seconds = sum(r["time/step_s"] for r in timed)
+    cpu_seconds = sum(r["time/process_cpu_s"] for r in timed)
     tokens = sum(r["response/length"] * spec["batch_size"] for r in timed)
     split = {k: sum(r[k] for r in timed) / len(timed) for k in
              ("time/generation_s", "time/reference_s", "time/value_s", "time/scoring_s", "time/training_s")}
     return {"episodes_per_s": len(timed) * spec["batch_size"] / seconds, "tokens_per_s": tokens / seconds,
-            "step_s": seconds / len(timed), "split": split, "peak_rss_mb": peak_rss_mb(),
+            "step_s": seconds / len(timed), "cpu_s_per_step": cpu_seconds / len(timed), "split": split,
+            "peak_rss_mb": peak_rss_mb(),
             **_cuda_peak(torch, spec)}
 
 
@@ -223,24 +225,30 @@ def trl_worker(spec: dict) -> dict:
 
     trl_ppo.batch_generation = counting_generation
 
+    cpu_stamps = []
+
     class Stamp(TrainerCallback):
         def on_step_end(self, *a, **kw):
             stamps.append(time.perf_counter())
+            cpu_stamps.append(time.process_time())
 
     trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=None, reward_model=reward,
                          train_dataset=ds, value_model=value, eval_dataset=ds, peft_config=lora,
                          callbacks=[Stamp()])
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
     stamps.insert(0, start)
+    cpu_stamps.insert(0, cpu_start)
     steps = len(stamps) - 1
     first = 1 if steps > 1 else 0
     seconds = stamps[-1] - stamps[first]
+    cpu_seconds = cpu_stamps[-1] - cpu_stamps[first]
     timed_tokens = sum(tokens[first:steps])
     return {"episodes_per_s": (steps - first) * b / seconds, "tokens_per_s": timed_tokens / seconds,
-            "step_s": seconds / (steps - first), "peak_rss_mb": peak_rss_mb(), **_cuda_peak(torch, spec)}
+            "step_s": seconds / (steps - first), "cpu_s_per_step": cpu_seconds / (steps - first),
+            "peak_rss_mb": peak_rss_mb(), **_cuda_peak(torch, spec)}
 
 
 def _trl_reward_model(spec: dict, dtype):
@@ -370,13 +378,17 @@ def main(argv=None) -> int:
     for name, r in (("ours", ours), (f"trl {TRL_VERSION}", trl)):
         mem = f" | peak GPU {r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else ""
         print(f"{name:10s} {r['episodes_per_s']:.3f} episodes/s | {r['tokens_per_s']:.1f} generated tokens/s | "
-              f"{r['step_s']:.1f} s/step | peak RSS {r['peak_rss_mb']:.0f} MB{mem}")
+              f"{r['step_s']:.1f} s/step ({r['cpu_s_per_step']:.1f} CPU s/step) | peak RSS {r['peak_rss_mb']:.0f} MB{mem}")
     result = {
         "ours_episodes_per_s": ours["episodes_per_s"], "trl_episodes_per_s": trl["episodes_per_s"],
         "speedup": ours["episodes_per_s"] / trl["episodes_per_s"],
         "ours_tokens_per_s": ours["tokens_per_s"], "trl_tokens_per_s": trl["tokens_per_s"],
         "ours_peak_rss_mb": ours["peak_rss_mb"], "trl_peak_rss_mb": trl["peak_rss_mb"],
         "memory_ratio": ours["peak_rss_mb"] / trl["peak_rss_mb"],
+        # CPU seconds per PPO step: on a machine shared with other jobs, wall time depends on their load
+        # while CPU time measures the work; compare both.
+        "ours_cpu_s_per_step": ours["cpu_s_per_step"], "trl_cpu_s_per_step": trl["cpu_s_per_step"],
+        "speedup_cpu_time": trl["cpu_s_per_step"] / ours["cpu_s_per_step"],
         "ours_time_split_s": ours["split"], "device": args.device,
     }
     if args.device == "cuda":

@@ -272,6 +272,8 @@ def check_parameters(template: Template, values: Mapping[str, Any], sources: Map
             problems.append(f"{where}: parameter {name!r} must be {_TYPE_WORDS.get(param.type, param.type)}, "
                             f"got {value!r}")
             continue
+        if typed is None:
+            continue  # null in a parameter file: left unset, as if not given
         problem = _range_problem(name, typed)
         if problem is None and isinstance(typed, str) and typed[:3].lower() == "gs:":
             problem = gcs_uri_problem(typed)

@@ -282,3 +282,16 @@ def test_compile_rejects_an_unknown_target(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "invalid choice" in done.stderr
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_list_parameters_prints_the_readme_table_in_signature_order(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "rlhf", "compile", "--output", str(tmp_path / "p.yaml"),
+                           "--list-parameters"], cwd=ROOT, env=_clean_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| `")]
+    names = [row.split("`")[1] for row in rows]
+    declared = yaml.safe_load((tmp_path / "p.yaml").read_text())["root"]["inputDefinitions"]["parameters"]
+    assert sorted(names) == sorted(declared)
+    assert names[:len(GOOGLE_PARAMETERS)] == [name for name, _, _ in GOOGLE_PARAMETERS]  # Google's first
+    assert "| `prompt_dataset` | str | **required** |" in done.stdout
+    assert "| `kl_coeff` | float | `0.1` |" in done.stdout

@@ -138,10 +138,17 @@ def test_bad_settings_fail_before_training(tiny, data, tmp_path):
     assert not (tmp_path / "a" / "reward_model.json").exists()
 
 
-def test_resuming_with_other_settings_is_refused(tiny, data, tmp_path):
+def test_merged_model_and_resuming_with_other_settings_is_refused(tiny, data, tmp_path):
     out = tmp_path / "r"
     train_reward_model(_config(tiny, data, out, reward_model_train_steps=2, checkpoint_every=1,
-                               eval_every=2, normalization_pairs=4))
+                               eval_every=2, normalization_pairs=4, save_merged_model=True))
+    # The merged model (plain Hugging Face, no peft) scores like base + adapter.
+    rows = synthetic_rows(4, seed=9)
+    args = ([r["messages"] for r in rows], [r["chosen"] for r in rows])
+    merged = RewardScorer(str(out)).score(*args).raw
+    adapter = RewardScorer(str(out), base_model=tiny).score(*args).raw
+    assert (out / "merged" / "config.json").exists()
+    np.testing.assert_allclose(merged, adapter, rtol=1e-4, atol=1e-5)
     with pytest.raises(UserError, match=r"other settings \(reward_lora_dim: 4 -> 8\)"):
         train_reward_model(_config(tiny, data, out, reward_model_train_steps=2, checkpoint_every=1,
                                    eval_every=2, normalization_pairs=4, reward_lora_dim=8))
@@ -157,6 +164,10 @@ def test_gradient_checkpointing_gives_the_same_step(tiny):
         model = build_reward_model(tiny, tok, lora_rank=4, lora_alpha=8, lora_dropout=0.0,
                                    target_modules=["q_proj", "v_proj"], seed=0,
                                    gradient_checkpointing=checkpointing)
+        base = model.get_base_model()
+        flag = "is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing") \
+            else "is_gradient_checkpointing"
+        assert getattr(base, flag) == checkpointing
         model.train()
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)

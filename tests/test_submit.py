@@ -134,7 +134,8 @@ def test_vertex_refuses_a_local_path_that_kfp_pods_may_hold(templates, kfp_api, 
 
 def test_kfp_submit_sends_the_run_to_the_v2beta1_api(templates, kfp_api, tmp_path, capsys):
     params = tmp_path / "params.yaml"
-    params.write_text("reinforcement_learning_train_steps: 40\neval_dataset: gs://rlhf-test-bucket/data/eval.jsonl\n")
+    params.write_text("reinforcement_learning_train_steps: 40\neval_dataset: gs://rlhf-test-bucket/data/eval.jsonl\n"
+                      "instruction: null  # unset, as if not given\n")
     code = cli.main(["submit", "--kfp-host", kfp_api.url, "--template", templates["kfp"], *GOOD,
                      "--parameter-file", str(params), "--experiment", "rlhf", "--run-name", "run-1"])
     assert code == 0, capsys.readouterr()

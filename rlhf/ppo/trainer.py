@@ -185,7 +185,7 @@ class PPOTrainer:
 
     def ppo_step(self) -> dict[str, float]:
         cfg, model = self.cfg, self.model
-        t0 = self.timer.now()
+        t0, cpu0 = self.timer.now(), time.process_time()
         r = self.rollout(self.sampler.next_batch())
         t_gen = self.timer.now()
         mask = r.response_mask
@@ -237,6 +237,8 @@ class PPOTrainer:
             "time/scoring_s": t_score - t_value,
             "time/training_s": t_train - t_score,
             "time/step_s": step_s,
+            # CPU seconds of this process (all threads): on a shared machine, a steadier cost than wall time
+            "time/process_cpu_s": time.process_time() - cpu0,
         }
         if use_kl:
             metrics["policy/kl"] = seq_kl

@@ -74,7 +74,11 @@ def build_reward_model(ref: str, tokenizer, *, lora_rank: int, lora_alpha: float
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     if gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}  # non-reentrant: no need for inputs that require grad
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     base.config.use_cache = False
     return model
 

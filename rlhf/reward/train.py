@@ -235,7 +235,7 @@ def train_reward_model(config: RewardConfig) -> RewardResult:
         tracker.load_state_dict({}, 0)  # a fresh run starts fresh files
 
     last_eval_step, evaluated, roc = -1, {}, {}
-    loop_start, eval_seconds = time.perf_counter(), 0.0
+    loop_start, loop_cpu, eval_seconds, eval_cpu = time.perf_counter(), time.process_time(), 0.0, 0.0
     for step in range(start, total):
         t0 = time.perf_counter()
         first = step * config.gradient_accumulation_steps
@@ -252,11 +252,12 @@ def train_reward_model(config: RewardConfig) -> RewardResult:
         done = step + 1
         step_eval = {}
         if done % config.eval_every == 0 or done == total:
-            t_eval = time.perf_counter()
+            t_eval, c_eval = time.perf_counter(), time.process_time()
             step_eval, roc = _evaluate(model, collate, eval_sets, config)
             evaluated = step_eval
             last_eval_step = done
             eval_seconds += time.perf_counter() - t_eval
+            eval_cpu += time.process_time() - c_eval
         tracker.log(done, {**sums, **scalar_metrics(step_eval)}, items=n_pairs)
         if config.checkpoint_every and (done % config.checkpoint_every == 0 or done == total):
             checkpoint.save(ckpt_root, done, trainable=checkpoint.trainable_state_dict(model),
@@ -269,6 +270,7 @@ def train_reward_model(config: RewardConfig) -> RewardResult:
 
     final = tracker.summary()
     final["time/train_s"] = train_seconds
+    final["time/train_cpu_s"] = time.process_time() - loop_cpu - eval_cpu  # all threads' CPU time
     if last_eval_step != total:  # resumed from the final checkpoint: matrices and ROC again
         evaluated, roc = _evaluate(model, collate, eval_sets, config)
     final.update(evaluated)

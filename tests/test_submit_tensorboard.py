@@ -1,0 +1,29 @@
+"""The TensorBoard upload step: skipped without a TensorBoard, and resource names checked."""
+
+from __future__ import annotations
+
+import pytest
+from kfp import dsl
+
+from components import tensorboard
+
+
+def test_without_a_tensorboard_the_upload_does_nothing(tmp_path):
+    logs = dsl.Artifact(name="tensorboard_logs", uri=str(tmp_path), metadata={})
+    assert tensorboard.upload_tensorboard_logs.python_func(
+        tensorboard_logs=logs, tensorboard_resource_id="", run_name="reward-model",
+        pipeline_job_name="rlhf-train-template-20240101") == ""
+
+
+def test_tensorboard_resource_ids_are_parsed_or_refused():
+    assert tensorboard.parse_tensorboard_resource_id(
+        "projects/123/locations/us-central1/tensorboards/456") == ("123", "us-central1", "456")
+    for bad in ("456", "projects/123/tensorboards/456", "projects/123/locations/us-central1/tensorboards/"):
+        with pytest.raises(ValueError, match="projects/PROJECT_NUMBER/locations/LOCATION/tensorboards"):
+            tensorboard.parse_tensorboard_resource_id(bad)
+
+
+def test_one_experiment_per_pipeline_run_with_a_valid_name():
+    assert tensorboard.experiment_name("rlhf-train-template-20240101123456") == "rlhf-train-template-20240101123456"
+    assert tensorboard.experiment_name("My_Run 1") == "my-run-1"
+    assert len(tensorboard.experiment_name("x" * 300)) == 128
