@@ -17,8 +17,10 @@ Both sides sample with temperature 0.7, stop at EOS, use LoRA on the same module
 value model as a full copy (its design), ours a value head on the policy trunk.
 
 Throughput counts the PPO steps after the first (warm-up excluded for both): episodes/s =
-episodes / time, generated tokens/s = response tokens up to and including EOS / time.
-The last line printed is one JSON object with the results.
+episodes / time, generated tokens/s = response tokens up to and including EOS / time. Each side
+also reports CPU seconds per step: on a machine shared with other jobs the wall-clock `speedup`
+moves with their load, `speedup_cpu_time` much less (use `--threads 1` there: OpenMP threads of
+a busy 2-core box otherwise wait on each other). The last line printed is one JSON object.
 """
 
 from __future__ import annotations

@@ -292,3 +292,61 @@ def test_config_from_dict_coerces_kfp_numbers_and_rejects_unknown_names():
         PPOConfig.from_dict({"batch_size": "8"})
     with pytest.raises(UserError, match="--top-p"):
         PPOConfig(top_p=0).validate()
+
+
+def test_reward_model_on_another_base_is_loaded_apart_and_scores_like_the_shared_adapter(tiny_setup, tmp_path):
+    """A reward model whose base is another directory runs apart (RewardScorer, text in) and gives
+    the scores the shared-adapter path gives from token ids, on a copy of the same weights."""
+    import shutil
+    from rlhf import models
+    from rlhf.models import encode_response
+    from rlhf.ppo.prompts import left_pad, load_prompts
+    from rlhf.ppo.reward import SeparateReward, SharedBaseReward, build_reward
+    from rlhf.ppo.rollout import Rollout
+    from rlhf.reward import outputs
+    shutil.copytree(tiny_setup / "base", tmp_path / "other-base")
+    shutil.copytree(tiny_setup / "reward", tmp_path / "reward")
+    info = json.loads((tmp_path / "reward" / "reward_model.json").read_text())
+    info.update(base_model=str(tmp_path / "other-base"), base_model_resolved=str(tmp_path / "other-base"))
+    (tmp_path / "reward" / "reward_model.json").write_text(json.dumps(info))
+
+    base = str(tiny_setup / "base")
+    tok = models.load_tokenizer(base, padding_side="left")
+    prompts = load_prompts(str(tiny_setup / "prompts.jsonl"), tok, 32, use_chat_template=False)
+    responses = [encode_response(tok, text) for text in ("Cats sleep a lot.", "It rains.", "Tea is hot")]
+    ids, mask = left_pad(prompts.ids[:3], tok.pad_token_id)
+    width = max(len(r) for r in responses)
+    resp = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in responses])
+    rmask = torch.tensor([[1.0] * len(r) + [0.0] * (width - len(r)) for r in responses])
+    rollout = Rollout(ids, mask, resp, rmask, torch.zeros_like(rmask), torch.zeros_like(rmask), None,
+                      torch.ones(3, dtype=torch.bool), prompt_index=[0, 1, 2])
+
+    model = SharedBaseModel(models.load_causal_lm(base, device="cpu"), lora_target_modules=["q_proj"])
+    apart = build_reward(str(tmp_path / "reward"), outputs.read_info(str(tmp_path / "reward")), model, base,
+                         base, tok, prompts.messages, device="cpu")
+    assert isinstance(apart, SeparateReward) and "reward" not in model.peft.peft_config
+    shared = build_reward(str(tiny_setup / "reward"), outputs.read_info(str(tiny_setup / "reward")), model, base,
+                          base, tok, prompts.messages, device="cpu")
+    assert isinstance(shared, SharedBaseReward)
+    torch.testing.assert_close(apart(rollout), shared(rollout), atol=1e-4, rtol=1e-4)
+
+
+def test_tune_reads_and_writes_cloud_storage_and_resumes_there(tiny_setup, gcs_prefix):
+    from rlhf import cli, storage
+    storage.upload_dir(str(tiny_setup / "reward"), f"{gcs_prefix}/reward")
+    storage.write_text(f"{gcs_prefix}/prompts.jsonl", (tiny_setup / "prompts.jsonl").read_text())
+    out = f"{gcs_prefix}/run"
+
+    def args(steps):
+        a = tune_args(tiny_setup, out, steps, ["--checkpoint-every", "1"])
+        a[a.index("--prompt-dataset") + 1] = f"{gcs_prefix}/prompts.jsonl"
+        a[a.index("--reward-model") + 1] = f"{gcs_prefix}/reward"
+        return a
+
+    assert cli.main(args(1)) == 0
+    assert storage.exists(f"{out}/policy_adapter/adapter_model.safetensors")
+    assert storage.exists(f"{out}/checkpoints/step-00000001/state.json")
+    assert cli.main(args(2)) == 0  # resumes from the gs:// checkpoint
+    rows = [json.loads(x) for x in storage.read_text(f"{out}/metrics.jsonl").splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert json.loads(storage.read_text(f"{out}/summary.json"))["steps"] == 2
