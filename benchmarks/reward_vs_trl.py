@@ -164,6 +164,9 @@ def run_trl(spec: dict) -> dict:
 
 def worker(which: str, spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
+    if spec.get("threads"):
+        import torch
+        torch.set_num_threads(spec["threads"])
     result = run_ours(spec) if which == "ours" else run_trl(spec)
     result["peak_rss_mb"] = _peak_rss_mb()
     print("RESULT " + json.dumps(result), flush=True)
@@ -200,6 +203,9 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=None, help="held-out pairs")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each; the fastest counts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads in both workers (0: torch's default). On a machine shared "
+                             "with other jobs, 1 gives steadier numbers: idle threads spin while they wait")
     parser.add_argument("--worker", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -217,7 +223,7 @@ def main() -> None:
         spec = {"model": args.model, "train": str(workdir / "train.jsonl"), "heldout": str(workdir / "heldout.jsonl"),
                 "steps": steps, "batch_size": args.batch_size, "accum": args.accum, "lr": args.lr,
                 "warmup_ratio": 0.1, "seed": args.seed, "max_prompt": args.max_prompt,
-                "max_response": args.max_response}
+                "max_response": args.max_response, "threads": args.threads}
         runs = {"ours": [], "trl": []}
         for _ in range(args.repeats):
             for which in ("trl", "ours"):
@@ -243,7 +249,8 @@ def main() -> None:
         "speedup_cpu_time": round(trl["train_cpu_s"] / ours["train_cpu_s"], 3),
         "ours_heldout_accuracy": ours["heldout_accuracy"], "trl_heldout_accuracy": trl["heldout_accuracy"],
         "ours_final_loss": ours["final_loss"], "trl_final_loss": trl["final_loss"],
-        "trl_version": trl.get("trl_version"), "device": device, "steps": steps,
+        "trl_version": trl.get("trl_version"), "device": device, "threads": args.threads or torch.get_num_threads(),
+        "steps": steps,
         "pairs_per_step": args.batch_size * args.accum, "quick": args.quick, **data,
     }
     print(json.dumps(summary))

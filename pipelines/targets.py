@@ -106,7 +106,9 @@ def on_accelerators(target: str, make_task: Callable[[str], PipelineTask], *, ac
         return lambda name: task.outputs[name]
     with dsl.If(accelerator_type == "TPU", name="On TPU"):
         # A TPU host's CPUs and memory come with the TPU machine type Vertex picks for the chips.
-        tpu = request_accelerator(make_task("tpu"), target, tpu_type, tpu_count, image=TPU_IMAGE)
+        # torch_xla is used only when asked for (rlhf.models.pick_device), so the TPU task asks.
+        tpu = request_accelerator(make_task("tpu").set_env_variable("RLHF_DEVICE", "xla"), target,
+                                  tpu_type, tpu_count, image=TPU_IMAGE)
     with dsl.Else(name="On GPU"):
         gpu = request_accelerator(make_task("gpu"), target, gpu_type, gpu_count, cpu_limit, memory_limit)
     return lambda name: dsl.OneOf(tpu.outputs[name], gpu.outputs[name])

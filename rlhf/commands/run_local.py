@@ -25,11 +25,13 @@ LOCAL_DEFAULTS = {
     "reward_model_train_steps": 10,
     "reward_model_batch_size": 4,
     "reward_model_gradient_accumulation_steps": 1,
-    "reinforcement_learning_train_steps": 6,
+    "reinforcement_learning_train_steps": 4,
     "reinforcement_learning_batch_size": 4,
     "reinforcement_learning_options": {"mini_batch_size": 2, "ppo_epochs": 2},
     "prompt_sequence_length": 256,
     "target_sequence_length": 48,
+    "evaluation_batch_size": 10,
+    "evaluation_max_examples": 20,
     "deploy_model": False,
 }
 
