@@ -28,6 +28,7 @@ def reward_model_stage(target: str):
         reward_lora_dim: int,
         batch_size: int,
         gradient_accumulation_steps: int,
+        options: dict,
         accelerator_type: str,
         gpu_type: str,
         gpu_count: int,
@@ -51,6 +52,7 @@ def reward_model_stage(target: str):
                 reward_lora_dim=reward_lora_dim,
                 batch_size=batch_size,
                 gradient_accumulation_steps=gradient_accumulation_steps,
+                options=options,
             ).set_display_name(f"Train reward model ({kind.upper()})")
             if target == "vertex":
                 upload = upload_tensorboard_logs(

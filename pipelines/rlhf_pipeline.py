@@ -70,6 +70,7 @@ def build_pipeline(target: str = "vertex"):
         reward_lora_dim: int = 4,
         reward_model_batch_size: int = 16,
         reward_model_gradient_accumulation_steps: int = 4,
+        reward_model_options: dict = {},
         reinforcement_learning_batch_size: int = 16,
         reinforcement_learning_options: dict = {},
         evaluation_batch_size: int = 8,
@@ -122,6 +123,7 @@ def build_pipeline(target: str = "vertex"):
           reward_lora_dim: LoRA rank of the reward model (Google's reward trainer uses 4).
           reward_model_batch_size: Preference pairs per forward pass of the reward model.
           reward_model_gradient_accumulation_steps: Forward passes per reward model step (pairs per step = batch size x this).
+          reward_model_options: Any other reward model setting as a JSON object, e.g. {"seed": 1, "lora_alpha": 16, "margin": 0.5, "heldout_fraction": 0.1} (see `rlhf train-reward --help`).
           reinforcement_learning_batch_size: Prompts sampled per PPO step.
           reinforcement_learning_options: Any other PPO setting as a JSON object, e.g. {"mini_batch_size": 8, "ppo_epochs": 4, "lora_rank": 8, "temperature": 0.7, "seed": 0, "adaptive_kl": true} (see `rlhf tune --help`).
           evaluation_batch_size: Eval prompts generated per batch.
@@ -173,6 +175,7 @@ def build_pipeline(target: str = "vertex"):
             reward_lora_dim=reward_lora_dim,
             batch_size=reward_model_batch_size,
             gradient_accumulation_steps=reward_model_gradient_accumulation_steps,
+            options=reward_model_options,
             accelerator_type=accelerator_type,
             gpu_type=reward_model_accelerator_type,
             gpu_count=reward_model_accelerator_count,

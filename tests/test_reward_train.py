@@ -178,3 +178,17 @@ def test_gradient_checkpointing_gives_the_same_step(tiny):
     assert results[1][0]["optim/grad_norm"] == pytest.approx(results[0][0]["optim/grad_norm"], rel=1e-4)
     for name, value in results[0][1].items():
         torch.testing.assert_close(results[1][1][name], value, rtol=1e-4, atol=1e-6)
+
+
+def test_scorer_reads_a_gcs_model_directory(trained, gcs_emulator, tmp_path, monkeypatch):
+    import tempfile
+    from rlhf import storage
+    out, _ = trained
+    uri = gcs_emulator.uri(f"reward-{tmp_path.name}")
+    storage.upload_dir(str(out), uri)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # to see the download cleaned up
+    rows = synthetic_rows(3, seed=8)
+    args = ([r["messages"] for r in rows], [r["chosen"] for r in rows])
+    remote = RewardScorer(uri).score(*args).raw
+    np.testing.assert_allclose(remote, RewardScorer(str(out)).score(*args).raw)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("rlhf-reward-model-")]

@@ -12,6 +12,7 @@ instruction), responses get EOS, and the reward is read at the last token. ``nor
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -65,6 +66,8 @@ class RewardScorer:
             self.model = PeftModel.from_pretrained(base, local).merge_and_unload()
         self.model.eval()
         self.device = next(self.model.parameters()).device
+        if local != model_dir:  # a downloaded gs:// copy: everything is in memory now
+            shutil.rmtree(local, ignore_errors=True)
 
     def encode(self, messages: Sequence[dict], response: str) -> list[int]:
         ids = models.encode_prompt(self.tokenizer, messages, self.info["use_chat_template"],
