@@ -7,8 +7,8 @@ from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model
 
 from components.reward import train_reward_model
-from components.tensorboard import upload_tensorboard_logs
-from pipelines.targets import on_accelerators, request_small_machine
+from pipelines.targets import on_accelerators
+from pipelines.tensorboard import upload_training_metrics
 
 RewardModelOutputs = NamedTuple("RewardModelOutputs", reward_model=Model, tensorboard_logs=Artifact)
 
@@ -54,14 +54,8 @@ def reward_model_stage(target: str):
                 gradient_accumulation_steps=gradient_accumulation_steps,
                 options=options,
             ).set_display_name(f"Train reward model ({kind.upper()})")
-            if target == "vertex":
-                upload = upload_tensorboard_logs(
-                    tensorboard_logs=task.outputs["tensorboard_logs"],
-                    tensorboard_resource_id=tensorboard_resource_id,
-                    run_name="reward-model",
-                    pipeline_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                ).set_display_name("Upload reward model metrics to TensorBoard")
-                request_small_machine(upload, target)
+            upload_training_metrics(task, target, tensorboard_resource_id, run_name="reward-model",
+                                    display_name="Upload reward model metrics to TensorBoard")
             return task
 
         output = on_accelerators(

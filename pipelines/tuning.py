@@ -7,8 +7,8 @@ from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model
 
 from components.ppo import tune_policy
-from components.tensorboard import upload_tensorboard_logs
-from pipelines.targets import on_accelerators, request_small_machine
+from pipelines.targets import on_accelerators
+from pipelines.tensorboard import upload_training_metrics
 
 ReinforcementLearningOutputs = NamedTuple(
     "ReinforcementLearningOutputs", policy_adapter=Model, tensorboard_logs=Artifact, samples=Artifact)
@@ -53,14 +53,8 @@ def reinforcement_learning_stage(target: str):
                 batch_size=batch_size,
                 options=options,
             ).set_display_name(f"Tune policy with PPO ({kind.upper()})")
-            if target == "vertex":
-                upload = upload_tensorboard_logs(
-                    tensorboard_logs=task.outputs["tensorboard_logs"],
-                    tensorboard_resource_id=tensorboard_resource_id,
-                    run_name="reinforcement-learning",
-                    pipeline_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                ).set_display_name("Upload PPO metrics to TensorBoard")
-                request_small_machine(upload, target)
+            upload_training_metrics(task, target, tensorboard_resource_id, run_name="reinforcement-learning",
+                                    display_name="Upload PPO metrics to TensorBoard")
             return task
 
         output = on_accelerators(
