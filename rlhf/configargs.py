@@ -12,6 +12,8 @@ import dataclasses
 import typing
 from typing import Any, Type, TypeVar
 
+from rlhf.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -51,3 +53,29 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: Type[Any]) -> 
 def dataclass_from_args(cls: Type[T], args: argparse.Namespace) -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def dataclass_from_loose_dict(cls: Type[T], values: dict, what: str) -> T:
+    """Build `cls` from loosely typed values (a KFP `dict` parameter turns 32 into 32.0); unknown
+    names and values of the wrong type are UserErrors naming the `what` setting."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"unknown {what} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    out = {}
+    for name, value in values.items():
+        kind = hints[name]
+        if typing.get_origin(kind) is typing.Union:  # Optional[X] -> X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if value is None or typing.get_origin(kind) is list:
+            out[name] = list(value) if isinstance(value, (list, tuple)) else value
+        elif kind is int and isinstance(value, float) and value.is_integer():
+            out[name] = int(value)
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            out[name] = float(value)
+        elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            out[name] = value
+        else:
+            raise UserError(f"{what} setting {name} is {value!r}; expected {getattr(kind, '__name__', kind)}")
+    return cls(**out)

@@ -7,11 +7,10 @@ Names Google's `rlhf_pipeline` uses keep their names and defaults (`reinforcemen
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
+from rlhf.configargs import dataclass_from_loose_dict
 from rlhf.errors import UserError
 
 # Kept here (not imported from the torch modules) so `rlhf tune --help` does not load torch.
@@ -111,27 +110,7 @@ class PPOConfig:
     def from_dict(cls, values: dict) -> "PPOConfig":
         """Build from loosely typed values (a KFP ``dict`` parameter turns 32 into 32.0); unknown
         names and values of the wrong type are UserErrors."""
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise UserError(f"unknown PPO setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        out = {}
-        for name, value in values.items():
-            kind = hints[name]
-            if typing.get_origin(kind) is typing.Union:  # Optional[X] -> X
-                kind = next(a for a in typing.get_args(kind) if a is not type(None))
-            if value is None or typing.get_origin(kind) is list:
-                out[name] = list(value) if isinstance(value, (list, tuple)) else value
-            elif kind is int and isinstance(value, float) and value.is_integer():
-                out[name] = int(value)
-            elif kind is float and isinstance(value, int) and not isinstance(value, bool):
-                out[name] = float(value)
-            elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-                out[name] = value
-            else:
-                raise UserError(f"PPO setting {name} is {value!r}; expected {getattr(kind, '__name__', kind)}")
-        return cls(**out)
+        return dataclass_from_loose_dict(cls, values, "PPO")
 
     @property
     def learning_rate(self) -> float:

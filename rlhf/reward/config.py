@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
+from rlhf.configargs import dataclass_from_loose_dict
 from rlhf.errors import UserError
 
 # The learning rate that `reward_model_learning_rate_multiplier` scales: the usual AdamW rate for a
@@ -110,28 +109,7 @@ class RewardConfig:
     def from_dict(cls, values: dict) -> "RewardConfig":
         """Build from loosely typed values (a KFP ``dict`` parameter turns 32 into 32.0); unknown
         names and values of the wrong type are UserErrors."""
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise UserError(f"unknown reward setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        out = {}
-        for name, value in values.items():
-            kind = hints[name]
-            base = kind
-            if typing.get_origin(kind) is typing.Union:  # Optional[X] -> X
-                base = next(a for a in typing.get_args(kind) if a is not type(None))
-            if value is None or typing.get_origin(base) is list:
-                out[name] = list(value) if isinstance(value, (list, tuple)) else value
-            elif base is int and isinstance(value, float) and value.is_integer():
-                out[name] = int(value)
-            elif base is float and isinstance(value, int) and not isinstance(value, bool):
-                out[name] = float(value)
-            elif isinstance(value, base) and not (base is int and isinstance(value, bool)):
-                out[name] = value
-            else:
-                raise UserError(f"reward setting {name} is {value!r}; expected {getattr(base, '__name__', base)}")
-        return cls(**out)
+        return dataclass_from_loose_dict(cls, values, "reward")
 
     @property
     def learning_rate(self) -> float:
