@@ -20,6 +20,7 @@ from kfp.dsl import PipelineTask
 from kfp.dsl.pipeline_channel import PipelineChannel
 
 from components.image import TPU_IMAGE
+from rlhf.credentials import HUB_TOKEN_SECRET_ENV
 
 TARGETS = ("vertex", "kfp", "kfp-cpu", "local")
 KFP_GPU_RESOURCE = "nvidia.com/gpu"
@@ -29,15 +30,11 @@ SMALL_CPU = "4"
 SMALL_MEMORY = "16G"
 
 
-# A Secret Manager secret version holding a model-hub token (e.g.
-# projects/P/secrets/hf-token/versions/latest), named at compile time (`rlhf compile
-# --hub-token-secret`). Only the name goes into the YAML: the tasks that load models read the token
-# from Secret Manager at run time, so it never appears in the template, the parameters or the logs.
-HUB_TOKEN_SECRET_ENV = "RLHF_HUB_TOKEN_SECRET"
-
-
 def with_hub_token_secret(task: PipelineTask) -> PipelineTask:
-    """Give a model-loading task the hub-token secret's name, when one was named at compile time."""
+    """Give a model-loading task the hub-token secret's name, when one was named at compile time
+    (`rlhf compile --hub-token-secret`). Only the name goes into the YAML: the task reads the token
+    from Secret Manager at run time (rlhf.credentials), so it never appears in the template, the
+    parameters or the logs."""
     name = os.environ.get(HUB_TOKEN_SECRET_ENV, "").strip()
     if name:
         task.set_env_variable(HUB_TOKEN_SECRET_ENV, name)

@@ -10,7 +10,7 @@ A *model reference* (``large_model_reference`` in Google's pipeline, ``--model``
 - a **``gs://`` directory**, copied once with ``rlhf.storage.download_dir`` into
   ``$RLHF_CACHE/models/gcs/<hash>``;
 - a **Hugging Face id** (``org/name``), downloaded with ``huggingface_hub`` where a hub is reachable
-  (token from ``HF_TOKEN``); only safetensors, JSON and tokenizer files are fetched.
+  (token from ``HF_TOKEN`` or Secret Manager: ``rlhf.credentials``); only safetensors, JSON and tokenizer files are fetched.
 
 ``resolve_model(ref)`` turns any of these into a local directory; the ``load_*`` helpers load from
 it with ``use_safetensors=True`` (never pickle) and no ``trust_remote_code`` unless asked.
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from rlhf import storage
+from rlhf.credentials import hub_token
 from rlhf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -135,15 +136,16 @@ def resolve_model(ref: Optional[str] = None) -> str:
 def _from_hub(repo_id: str, ref: str) -> str:
     try:
         import huggingface_hub
-        return huggingface_hub.snapshot_download(
-            repo_id, allow_patterns=_HUB_PATTERNS, token=os.environ.get("HF_TOKEN") or None)
+        return huggingface_hub.snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, token=hub_token())
+    except UserError:
+        raise
     except Exception as e:  # offline, gated, missing: all are the user's to fix
         where = f" (alias for {repo_id})" if repo_id != ref else ""
         raise UserError(
             f"model reference {ref!r}{where} could not be fetched from the Hugging Face hub: "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Without hub access, "
             f"give a local directory or a gs:// directory in Hugging Face format, or the offline "
-            f"default {DEFAULT_MODEL!r}; for gated models set HF_TOKEN. Aliases: {_alias_list()}"
+            f"default {DEFAULT_MODEL!r}; for gated models set HF_TOKEN (or compile with --hub-token-secret). Aliases: {_alias_list()}"
         ) from None
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 
 HELP = "compile the RLHF pipeline to a YAML file for Vertex AI (default) or a Kubeflow Pipelines cluster"
 
@@ -53,10 +52,8 @@ def run(args: argparse.Namespace) -> int:
         # components/image.py reads it when the components are first imported (below).
         os.environ["RLHF_IMAGE_REGISTRY"] = args.image_registry
     if args.hub_token_secret:
-        if not re.match(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$", args.hub_token_secret):
-            # The value is not echoed: it may be a token pasted by mistake.
-            raise UserError("--hub-token-secret: expected a Secret Manager name, "
-                            "projects/PROJECT/secrets/NAME/versions/VERSION (a name, never the token itself)")
+        from rlhf.credentials import check_secret_version_name
+        check_secret_version_name(args.hub_token_secret, "--hub-token-secret")
         os.environ["RLHF_HUB_TOKEN_SECRET"] = args.hub_token_secret  # read by pipelines.targets
     path = compile_pipeline(target, args.output)
     from components.image import IMAGE, TPU_IMAGE, TRAINER_IMAGE
