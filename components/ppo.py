@@ -22,6 +22,7 @@ def tune_policy(
     reinforcement_learning_rate_multiplier: float = 1.0,
     kl_coeff: float = 0.1,
     batch_size: int = 16,
+    seed: int = 0,
     options: dict = {},
 ):
     """PPO-tune a LoRA policy; `policy_adapter` is the peft adapter directory (loads with
@@ -37,7 +38,7 @@ def tune_policy(
 
     run_dir = os.path.join(os.path.dirname(policy_adapter.path.rstrip("/")), "ppo_run")
     config = PPOConfig.from_dict({
-        **options, "prompt_dataset": prompt_data.path, "reward_model": reward_model.path,
+        "seed": seed, **options, "prompt_dataset": prompt_data.path, "reward_model": reward_model.path,
         "output_dir": run_dir, "large_model_reference": large_model_reference or None,
         "instruction": instruction or None, "prompt_sequence_length": prompt_sequence_length,
         "target_sequence_length": target_sequence_length,

@@ -25,6 +25,7 @@ def train_reward_model(
     reward_lora_dim: int = 4,
     batch_size: int = 16,
     gradient_accumulation_steps: int = 4,
+    seed: int = 0,
     options: dict = {},
 ):
     """Train a LoRA reward model (Bradley–Terry) and write it to `reward_model` (layout in
@@ -36,7 +37,7 @@ def train_reward_model(
     from rlhf.reward.train import train_reward_model as train
 
     config = RewardConfig.from_dict({
-        **options, "preference_dataset": preference_data.path, "output_dir": reward_model.path,
+        "seed": seed, **options, "preference_dataset": preference_data.path, "output_dir": reward_model.path,
         "eval_dataset": eval_data.path if eval_data is not None else "",
         "tensorboard_dir": tensorboard_logs.path, "large_model_reference": large_model_reference,
         "instruction": instruction, "prompt_sequence_length": prompt_sequence_length,

@@ -28,6 +28,7 @@ def reward_model_stage(target: str):
         reward_lora_dim: int,
         batch_size: int,
         gradient_accumulation_steps: int,
+        seed: int,
         options: dict,
         accelerator_type: str,
         gpu_type: str,
@@ -52,6 +53,7 @@ def reward_model_stage(target: str):
                 reward_lora_dim=reward_lora_dim,
                 batch_size=batch_size,
                 gradient_accumulation_steps=gradient_accumulation_steps,
+                seed=seed,
                 options=options,
             ).set_display_name(f"Train reward model ({kind.upper()})")
             upload_training_metrics(task, target, tensorboard_resource_id, run_name="reward-model",

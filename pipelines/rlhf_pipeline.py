@@ -67,6 +67,7 @@ def build_pipeline(target: str = "vertex"):
         encryption_spec_key_name: str = "",
         tensorboard_resource_id: str = "",
         # Ours: training settings.
+        seed: int = 0,
         reward_lora_dim: int = 4,
         reward_model_batch_size: int = 16,
         reward_model_gradient_accumulation_steps: int = 4,
@@ -75,7 +76,6 @@ def build_pipeline(target: str = "vertex"):
         reinforcement_learning_options: dict = {},
         evaluation_batch_size: int = 8,
         evaluation_max_examples: int = 0,
-        evaluation_seed: int = 0,
         # Ours: hardware per stage.
         reward_model_accelerator_type: str = "NVIDIA_L4",
         reward_model_accelerator_count: int = 1,
@@ -120,15 +120,15 @@ def build_pipeline(target: str = "vertex"):
           location: Region for Vertex AI resources; default: the pipeline's region. Google's parameter.
           encryption_spec_key_name: Cloud KMS key for the model and endpoint the pipeline creates (`rlhf submit --encryption-spec-key-name` sets it too). Google's parameter.
           tensorboard_resource_id: Vertex AI TensorBoard (`projects/P/locations/L/tensorboards/ID`) that receives the training metrics; empty for none. Google's parameter.
+          seed: Random seed of every stage: data order, held-out split, initialization, PPO sampling and evaluation sampling (a stage's options may set its own).
           reward_lora_dim: LoRA rank of the reward model (Google's reward trainer uses 4).
           reward_model_batch_size: Preference pairs per forward pass of the reward model.
           reward_model_gradient_accumulation_steps: Forward passes per reward model step (pairs per step = batch size x this).
-          reward_model_options: Any other reward model setting as a JSON object, e.g. {"seed": 1, "lora_alpha": 16, "margin": 0.5, "heldout_fraction": 0.1} (see `rlhf train-reward --help`).
+          reward_model_options: Any other reward model setting as a JSON object, e.g. {"lora_alpha": 16, "margin": 0.5, "heldout_fraction": 0.1} (see `rlhf train-reward --help`).
           reinforcement_learning_batch_size: Prompts sampled per PPO step.
-          reinforcement_learning_options: Any other PPO setting as a JSON object, e.g. {"mini_batch_size": 8, "ppo_epochs": 4, "lora_rank": 8, "temperature": 0.7, "seed": 0, "adaptive_kl": true} (see `rlhf tune --help`).
+          reinforcement_learning_options: Any other PPO setting as a JSON object, e.g. {"mini_batch_size": 8, "ppo_epochs": 4, "lora_rank": 8, "temperature": 0.7, "adaptive_kl": true} (see `rlhf tune --help`).
           evaluation_batch_size: Eval prompts generated per batch.
           evaluation_max_examples: Evaluate on the first N eval prompts only; 0 for all.
-          evaluation_seed: Random seed of the evaluation.
           reward_model_accelerator_type: GPU for reward model training on Vertex AI (NVIDIA_L4, NVIDIA_TESLA_A100, NVIDIA_A100_80GB, NVIDIA_H100_80GB, ...).
           reward_model_accelerator_count: GPUs for reward model training (on a Kubeflow cluster: nvidia.com/gpu).
           reward_model_cpu_limit: CPUs for reward model training; Vertex AI picks the smallest machine with the GPUs, CPUs and memory asked for.
@@ -175,6 +175,7 @@ def build_pipeline(target: str = "vertex"):
             reward_lora_dim=reward_lora_dim,
             batch_size=reward_model_batch_size,
             gradient_accumulation_steps=reward_model_gradient_accumulation_steps,
+            seed=seed,
             options=reward_model_options,
             accelerator_type=accelerator_type,
             gpu_type=reward_model_accelerator_type,
@@ -197,6 +198,7 @@ def build_pipeline(target: str = "vertex"):
             reinforcement_learning_rate_multiplier=reinforcement_learning_rate_multiplier,
             kl_coeff=kl_coeff,
             batch_size=reinforcement_learning_batch_size,
+            seed=seed,
             options=reinforcement_learning_options,
             accelerator_type=accelerator_type,
             gpu_type=reinforcement_learning_accelerator_type,
@@ -220,7 +222,7 @@ def build_pipeline(target: str = "vertex"):
             target_sequence_length=target_sequence_length,
             batch_size=evaluation_batch_size,
             max_examples=evaluation_max_examples,
-            seed=evaluation_seed,
+            seed=seed,
             gpu_type=evaluation_accelerator_type,
             gpu_count=evaluation_accelerator_count,
             cpu_limit=evaluation_cpu_limit,

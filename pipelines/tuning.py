@@ -28,6 +28,7 @@ def reinforcement_learning_stage(target: str):
         reinforcement_learning_rate_multiplier: float,
         kl_coeff: float,
         batch_size: int,
+        seed: int,
         options: dict,
         accelerator_type: str,
         gpu_type: str,
@@ -51,6 +52,7 @@ def reinforcement_learning_stage(target: str):
                 reinforcement_learning_rate_multiplier=reinforcement_learning_rate_multiplier,
                 kl_coeff=kl_coeff,
                 batch_size=batch_size,
+                seed=seed,
                 options=options,
             ).set_display_name(f"Tune policy with PPO ({kind.upper()})")
             upload_training_metrics(task, target, tensorboard_resource_id, run_name="reinforcement-learning",
