@@ -9,6 +9,7 @@ import pytest
 
 from rlhf.cli import main
 from rlhf.data import canonical
+from rlhf.errors import UserError
 from rlhf.evaluate.config import EvalConfig
 from rlhf.evaluate.run import evaluate
 from test_eval_inference import POSTS, built_once, tiny  # noqa: F401  (fixture)
@@ -169,3 +170,14 @@ def test_evaluate_reads_and_writes_cloud_storage(tmp_path, tiny, gcs_prefix):  #
     assert html.count("<polyline") == 2  # the PPO directory's own history was found and charted
     rows = storage.read_text(f"{out}/predictions/tuned.jsonl").splitlines()
     assert len(rows) == 2 and json.loads(rows[0])["inputs"]["inputs_pretokenized"].startswith(INSTRUCTION)
+
+
+def test_config_from_dict_coerces_kfp_numbers_and_rejects_mistakes():
+    # KFP hands dict parameters through protobuf Struct: every number arrives as a float.
+    config = EvalConfig.from_dict({"batch_size": 4.0, "temperature": 1, "sampling": True, "seed": 3.0})
+    assert (config.batch_size, config.temperature, config.seed) == (4, 1.0, 3)
+    assert isinstance(config.batch_size, int) and isinstance(config.temperature, float)
+    with pytest.raises(UserError, match="unknown evaluation setting.*max_exemples"):
+        EvalConfig.from_dict({"max_exemples": 5})
+    with pytest.raises(UserError, match="batch_size is '8'; expected int"):
+        EvalConfig.from_dict({"batch_size": "8"})

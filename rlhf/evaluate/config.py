@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
+from rlhf.configargs import dataclass_from_loose_dict
 from rlhf.errors import UserError
 
 
@@ -56,15 +56,8 @@ class EvalConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "EvalConfig":
         """A config from a dict (the component's `options` merged with its parameters); unknown names
-        are a UserError listing the known ones."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise UserError(f"unknown evaluation setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
-        # JSON numbers arrive as floats (KFP passes dict parameters through protobuf Struct).
-        return cls(**{k: int(v) if types[k] == "int" and isinstance(v, float) and v.is_integer() else v
-                      for k, v in values.items()})
+        and values of the wrong type are a UserError."""
+        return dataclass_from_loose_dict(cls, values, "evaluation")
 
     def validate(self) -> None:
         """Raise UserError for values no run can use, before any model is loaded."""
