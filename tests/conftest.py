@@ -119,3 +119,15 @@ def storage_settings():
 
     yield apply
     storage.configure(**previous)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run far faster on one thread, above all on a busy machine (OpenMP threads of a
+    2-core box otherwise spin against other processes: seen 12 ms per 64-wide matmul)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

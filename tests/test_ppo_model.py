@@ -13,14 +13,7 @@ from rlhf.ppo.rollout import filter_logits, generate, sample
 V = 512
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run far faster on one thread, above all on a busy machine (OpenMP threads of a
-    2-core box otherwise spin against other processes: seen 12 ms per 64-wide matmul)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def tiny_lm(seed=0, vocab=V):
