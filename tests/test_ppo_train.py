@@ -343,3 +343,22 @@ def test_tune_reads_and_writes_cloud_storage_and_resumes_there(tiny_setup, gcs_p
     rows = [json.loads(x) for x in storage.read_text(f"{out}/metrics.jsonl").splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert json.loads(storage.read_text(f"{out}/summary.json"))["steps"] == 2
+
+
+def test_prompts_load_from_a_raw_user_file_and_bad_rows_name_their_line(tiny_setup, tmp_path):
+    """`rlhf tune` takes the user's own prompt JSONL (Google's formats), not only validated rows."""
+    from rlhf import models
+    from rlhf.errors import UserError
+    from rlhf.ppo.prompts import load_prompts
+    tok = models.load_tokenizer(str(tiny_setup / "base"), padding_side="left")
+    raw = tmp_path / "raw.jsonl"
+    raw.write_text(json.dumps({"input_text": "Cats sleep a lot."}) + "\n\n"
+                   + json.dumps({"messages": [{"author": "user", "content": "Tea is hot."}]}) + "\n")
+    prompts = load_prompts(str(raw), tok, 32, instruction="Summarize:", use_chat_template=False)
+    assert len(prompts.ids) == 2 and all(ids for ids in prompts.ids)
+    assert "Summarize:" in prompts.texts[0] and "Cats sleep a lot." in prompts.texts[0]
+    assert "Tea is hot." in prompts.texts[1]
+
+    raw.write_text(json.dumps({"input_text": "fine"}) + "\n" + json.dumps({"input_txt": "typo"}) + "\n")
+    with pytest.raises(UserError, match=r"raw.jsonl:2: .*input_text"):
+        load_prompts(str(raw), tok, 32)

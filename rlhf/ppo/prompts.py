@@ -19,18 +19,15 @@ class PromptSet:
 
 def load_prompts(uri: str, tokenizer, max_length: int, instruction: Optional[str] = None,
                  use_chat_template: Optional[bool] = None) -> PromptSet:
-    """Read canonical prompts and encode them as the reward model saw its prompts
+    """Read the prompts (canonical rows as `rlhf validate` writes them, or a user's raw prompt JSONL,
+    checked line by line: `rlhf.data.rows`) and encode them as the reward model saw its prompts
     (``rlhf.models.encode_prompt``). ``instruction`` is used for rows that carry none (a row's own
     instruction wins, as in the reward step)."""
     from rlhf.data import canonical
+    from rlhf.data.rows import load_rows
     from rlhf.models import encode_prompt, render_prompt
-    rows = []
-    for path in _expand(uri):
-        rows.extend(canonical.read_prompts(path))
-    if not rows:
-        raise UserError(f"{uri}: no prompts; give the prompts JSONL that `rlhf validate` writes")
     out = PromptSet([], [], [])
-    for row in rows:
+    for row in load_rows(uri, "prompt", instruction or ""):
         if instruction and not row.instruction:
             row = dataclasses.replace(row, instruction=instruction)
         messages = canonical.prompt_messages(row)
@@ -38,11 +35,6 @@ def load_prompts(uri: str, tokenizer, max_length: int, instruction: Optional[str
         out.texts.append(render_prompt(tokenizer, messages, use_chat_template))
         out.messages.append(messages)
     return out
-
-
-def _expand(uri: str) -> list[str]:
-    from rlhf import storage
-    return storage.expand(uri)
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int,
