@@ -23,7 +23,7 @@ DEFAULT_ROOT = "local_outputs"
 # fine-tuning, and so few steps need it: both stages run at 10x the base rate (1e-3).
 LOCAL_DEFAULTS = {
     "large_model_reference": "smollm2-135m-instruct",
-    "reward_model_train_steps": 12,
+    "reward_model_train_steps": 24,
     "reward_model_batch_size": 4,
     "reward_model_gradient_accumulation_steps": 2,
     "reward_model_learning_rate_multiplier": 10.0,
@@ -35,7 +35,7 @@ LOCAL_DEFAULTS = {
     "reinforcement_learning_rate_multiplier": 10.0,
     "reinforcement_learning_options": {"mini_batch_size": 2, "ppo_epochs": 2},
     "prompt_sequence_length": 256,
-    "target_sequence_length": 48,
+    "target_sequence_length": 64,  # Google's default; shorter cuts most sample responses
     "evaluation_batch_size": 10,
     "evaluation_max_examples": 20,
     "deploy_model": False,
