@@ -125,9 +125,11 @@ class FaultProxy:
                     return fault
         return None
 
-    def _record(self, *args) -> None:
+    def _record(self, *args) -> Record:
+        record = Record(*args)
         with self._lock:
-            self.log.append(Record(*args))
+            self.log.append(record)
+        return record
 
     def _handler_class(self):
         proxy = self
@@ -184,6 +186,9 @@ class FaultProxy:
                     upstream.close()
 
             def _reply(self, status, headers, payload):
+                # Recorded before the write: the client may act on the reply (and a test read the
+                # log) before this thread runs again.
+                record = proxy._record(self.command, self.path, status, len(payload))
                 try:
                     self.send_response(status)
                     for key, value in headers:
@@ -191,10 +196,8 @@ class FaultProxy:
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
-                    sent = len(payload)
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out first
-                    sent = 0
-                proxy._record(self.command, self.path, status, sent)
+                    record.body_bytes = 0
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
