@@ -52,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
         # components/image.py reads it when the components are first imported (below).
         os.environ["RLHF_IMAGE_REGISTRY"] = args.image_registry
     if args.hub_token_secret:
-        from rlhf.credentials import check_secret_version_name
+        from rlhf.credentials import HUB_TOKEN_SECRET_ENV, check_secret_version_name
         check_secret_version_name(args.hub_token_secret, "--hub-token-secret")
-        os.environ["RLHF_HUB_TOKEN_SECRET"] = args.hub_token_secret  # read by pipelines.targets
+        os.environ[HUB_TOKEN_SECRET_ENV] = args.hub_token_secret  # read by pipelines.targets
     path = compile_pipeline(target, args.output)
     from components.image import IMAGE, TPU_IMAGE, TRAINER_IMAGE
     print(f"wrote {path} (target: {target})")

@@ -34,10 +34,7 @@ def is_canonical(obj, kind: str) -> bool:
 
 def _lines(uri: str, what: str):
     """(path, line number, decoded object) for each non-blank line of every file matching `uri`."""
-    paths = storage.expand(uri)
-    if not paths:
-        raise UserError(f"the {what} {uri}: no such file")
-    for path in paths:
+    for path in storage.expand(uri):  # a StorageError when nothing matches
         with storage.open_read(path, "rt") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
