@@ -74,7 +74,7 @@ def response_tokens(responses, eos_id: int) -> int:
 
 def prepare(args, work: Path) -> dict:
     """Base model, reward model and prompts shared by both sides; returns the worker spec."""
-    from rlhf import models, samples
+    from rlhf import encoding, models, samples
     from rlhf.data.canonical import Prompt, prompt_messages, write_jsonl
     if args.model_config:
         base = build_random_model(args.model_config, work / "base")
@@ -88,7 +88,7 @@ def prepare(args, work: Path) -> dict:
             rows.append(Prompt(messages=[{"role": "user", "content": json.loads(line)["input_text"]}],
                                instruction=samples.INSTRUCTION))
     write_jsonl(str(work / "prompts.jsonl"), rows)
-    prompt_ids = [models.encode_prompt(tokenizer, prompt_messages(r), True, max_length=args.prompt_length)
+    prompt_ids = [encoding.encode_prompt(tokenizer, prompt_messages(r), True, max_length=args.prompt_length)
                   for r in rows]
     return {
         "base": str(base), "reward_model": str(reward_dir), "prompts": str(work / "prompts.jsonl"),

@@ -17,35 +17,30 @@ def evaluate_model(
     summary: Output[Markdown],
     metrics: Output[Metrics],
     predictions: Output[Dataset],
-    training_logs: Optional[Input[Artifact]] = None,
-    large_model_reference: str = "",
-    instruction: Optional[str] = None,
-    prompt_sequence_length: int = 512,
-    target_sequence_length: int = 64,
-    batch_size: int = 8,
-    num_report_samples: int = 20,
-    max_examples: int = 0,
-    sampling: bool = False,
-    seed: int = 0,
-    options: dict = {},
+    large_model_reference: str,
+    prompt_sequence_length: int,
+    target_sequence_length: int,
+    batch_size: int,
+    max_examples: int,
+    seed: int,
+    training_logs: Optional[Input[Artifact]] = None,  # an artifact that may be absent, not a setting
+    instruction: Optional[str] = None,  # None: Google's "not given"
 ):
     """Bulk inference of base and tuned on the eval data (predictions in Google's bulk-inferrer rows),
     reward-model and independent-judge scores, KL(tuned || base), ROUGE-L; a self-contained HTML
     report, a Markdown summary and `eval/...` metrics. Warns loudly on signs of reward hacking.
-    `training_logs`: the PPO metrics.jsonl or TensorBoard logs, for the curves. `options` sets any
-    other `EvalConfig` field (e.g. {"temperature": 0.7, "measure_kl": false})."""
+    `training_logs`: the PPO metrics.jsonl or TensorBoard logs, for the curves. Other settings take
+    `EvalConfig`'s defaults (`rlhf evaluate` sets them all)."""
     from rlhf import storage
-    from rlhf.evaluate.config import EvalConfig
     from rlhf.evaluate.run import EvalOutputs, evaluate
+    from rlhf.pipeline_settings import EVALUATION
 
-    config = EvalConfig.from_dict({
-        **options, "eval_dataset": eval_data.path, "model": tuned_policy.path,
-        "reward_model": reward_model.path,
+    config = EVALUATION.build({
+        "eval_dataset": eval_data.path, "model": tuned_policy.path, "reward_model": reward_model.path,
         "training_history": training_logs.path if training_logs is not None else "",
-        "large_model_reference": large_model_reference, "instruction": instruction or "",
+        "large_model_reference": large_model_reference, "instruction": instruction,
         "prompt_sequence_length": prompt_sequence_length, "target_sequence_length": target_sequence_length,
-        "batch_size": batch_size, "num_report_samples": num_report_samples, "max_examples": max_examples,
-        "sampling": sampling, "seed": seed})
+        "batch_size": batch_size, "max_examples": max_examples, "seed": seed})
     result = evaluate(config, EvalOutputs(predictions_dir=predictions.path, report_html=report.path,
                                           summary_md=summary.path, metrics_json=metrics.path))
     for name, value in storage.read_json(metrics.path).items():

@@ -1,5 +1,7 @@
 """KFP component: tune the policy with PPO (`rlhf.ppo`) against the trained reward model."""
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
@@ -14,37 +16,37 @@ def tune_policy(
     metrics: Output[Metrics],
     tensorboard_logs: Output[Artifact],
     samples: Output[Artifact],
-    large_model_reference: str = "",
-    instruction: str = "",
-    prompt_sequence_length: int = 512,
-    target_sequence_length: int = 64,
-    reinforcement_learning_train_steps: int = 1000,
-    reinforcement_learning_rate_multiplier: float = 1.0,
-    kl_coeff: float = 0.1,
-    batch_size: int = 16,
-    seed: int = 0,
-    options: dict = {},
+    large_model_reference: str,
+    prompt_sequence_length: int,
+    target_sequence_length: int,
+    reinforcement_learning_train_steps: int,
+    reinforcement_learning_rate_multiplier: float,
+    kl_coeff: float,
+    batch_size: int,
+    seed: int,
+    options: dict,
+    instruction: Optional[str] = None,  # None: Google's "not given"
 ):
     """PPO-tune a LoRA policy; `policy_adapter` is the peft adapter directory (loads with
     `PeftModel.from_pretrained(base, path)`). Checkpoints live beside it (`../ppo_run`), so a
-    preempted task restarted on the same outputs resumes. `options` sets any other `PPOConfig`
-    field (e.g. {"mini_batch_size": 4, "adaptive_kl": true})."""
+    preempted task restarted on the same outputs resumes. Settings default in `PPOConfig`, never
+    here; `options` sets any field the pipeline has no parameter for (e.g. {"mini_batch_size": 4,
+    "adaptive_kl": true})."""
     import os
 
     from rlhf import storage
-    from rlhf.ppo.config import PPOConfig
+    from rlhf.pipeline_settings import REINFORCEMENT_LEARNING
     from rlhf.ppo.outputs import export_artifacts
     from rlhf.ppo.run import tune
 
     run_dir = os.path.join(os.path.dirname(policy_adapter.path.rstrip("/")), "ppo_run")
-    config = PPOConfig.from_dict({
-        "seed": seed, **options, "prompt_dataset": prompt_data.path, "reward_model": reward_model.path,
-        "output_dir": run_dir, "large_model_reference": large_model_reference or None,
-        "instruction": instruction or None, "prompt_sequence_length": prompt_sequence_length,
-        "target_sequence_length": target_sequence_length,
+    config = REINFORCEMENT_LEARNING.build({
+        "prompt_dataset": prompt_data.path, "reward_model": reward_model.path, "output_dir": run_dir,
+        "large_model_reference": large_model_reference, "instruction": instruction,
+        "prompt_sequence_length": prompt_sequence_length, "target_sequence_length": target_sequence_length,
         "reinforcement_learning_train_steps": reinforcement_learning_train_steps,
         "reinforcement_learning_rate_multiplier": reinforcement_learning_rate_multiplier,
-        "kl_coeff": kl_coeff, "batch_size": batch_size})
+        "kl_coeff": kl_coeff, "batch_size": batch_size, "seed": seed}, options)
     summary = tune(config)
     export_artifacts(run_dir, policy_adapter.path, tensorboard_logs.path, samples.path)
     for name, value in summary.items():

@@ -15,29 +15,30 @@ def train_reward_model(
     metrics: Output[Metrics],
     classification_metrics: Output[ClassificationMetrics],
     tensorboard_logs: Output[Artifact],
-    eval_data: Optional[Input[Dataset]] = None,
-    large_model_reference: str = "smollm2-135m-instruct",
-    instruction: str = "",
-    prompt_sequence_length: int = 512,
-    target_sequence_length: int = 64,
-    reward_model_train_steps: int = 1000,
-    reward_model_learning_rate_multiplier: float = 1.0,
-    reward_lora_dim: int = 4,
-    batch_size: int = 16,
-    gradient_accumulation_steps: int = 4,
-    seed: int = 0,
-    options: dict = {},
+    large_model_reference: str,
+    prompt_sequence_length: int,
+    target_sequence_length: int,
+    reward_model_train_steps: int,
+    reward_model_learning_rate_multiplier: float,
+    reward_lora_dim: int,
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    seed: int,
+    options: dict,
+    eval_data: Optional[Input[Dataset]] = None,  # an artifact that may be absent, not a setting
+    instruction: Optional[str] = None,  # None: Google's "not given"
 ):
     """Train a LoRA reward model (Bradley–Terry) and write it to `reward_model` (layout in
     `rlhf.reward`); a preempted task restarted on the same output resumes from its checkpoint.
-    `options` sets any other `RewardConfig` field (e.g. {"seed": 1, "checkpoint_every": 50})."""
+    Settings default in `RewardConfig`, never here; `options` sets any field the pipeline has no
+    parameter for (e.g. {"margin": 0.5, "checkpoint_every": 50})."""
     from rlhf import storage
-    from rlhf.reward.config import RewardConfig
+    from rlhf.pipeline_settings import REWARD_MODEL
     from rlhf.reward.metrics import LABELS, scalar_metrics
     from rlhf.reward.train import train_reward_model as train
 
-    config = RewardConfig.from_dict({
-        "seed": seed, **options, "preference_dataset": preference_data.path, "output_dir": reward_model.path,
+    config = REWARD_MODEL.build({
+        "preference_dataset": preference_data.path, "output_dir": reward_model.path,
         "eval_dataset": eval_data.path if eval_data is not None else "",
         "tensorboard_dir": tensorboard_logs.path, "large_model_reference": large_model_reference,
         "instruction": instruction, "prompt_sequence_length": prompt_sequence_length,
@@ -45,7 +46,7 @@ def train_reward_model(
         "reward_model_train_steps": reward_model_train_steps,
         "reward_model_learning_rate_multiplier": reward_model_learning_rate_multiplier,
         "reward_lora_dim": reward_lora_dim, "batch_size": batch_size,
-        "gradient_accumulation_steps": gradient_accumulation_steps})
+        "gradient_accumulation_steps": gradient_accumulation_steps, "seed": seed}, options)
     result = train(config)
     scalars = scalar_metrics(result.metrics)
     for name, value in scalars.items():

@@ -1,5 +1,7 @@
 """KFP component: validate the datasets before any accelerator is paid for (`rlhf.data.validate`)."""
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics, Output
 
@@ -16,25 +18,25 @@ def validate_data(
     metrics: Output[Metrics],
     summary: Output[Markdown],
     summary_html: Output[HTML],
-    prompt_dataset: str = "",
-    eval_dataset: str = "",
-    instruction: str = "",
-    tokenizer: str = "",
-    prompt_sequence_length: int = 512,
-    target_sequence_length: int = 64,
-    max_errors: int = 20,
+    prompt_dataset: str,
+    tokenizer: str,
+    prompt_sequence_length: int,
+    target_sequence_length: int,
+    eval_dataset: Optional[str] = None,  # None: Google's "not given"
+    instruction: Optional[str] = None,
 ):
     """Check every line of the datasets; write them in the canonical format (an empty file for a
     dataset not given), the stats JSON, a Markdown/HTML summary and metrics. Invalid data fails the
     task with each problem as `URI:LINE: message` in the log."""
     from rlhf import storage
-    from rlhf.data.validate import ValidateConfig, ValidationOutputs, run_validation
+    from rlhf.data.validate import ValidationOutputs, run_validation
     from rlhf.errors import UserError
+    from rlhf.pipeline_settings import VALIDATION
 
-    config = ValidateConfig(
-        preference_dataset=preference_dataset, prompt_dataset=prompt_dataset, eval_dataset=eval_dataset,
-        instruction=instruction, tokenizer=tokenizer, prompt_sequence_length=prompt_sequence_length,
-        target_sequence_length=target_sequence_length, max_errors=max_errors)
+    config = VALIDATION.build({
+        "preference_dataset": preference_dataset, "prompt_dataset": prompt_dataset,
+        "eval_dataset": eval_dataset, "instruction": instruction, "tokenizer": tokenizer,
+        "prompt_sequence_length": prompt_sequence_length, "target_sequence_length": target_sequence_length})
     report = run_validation(config, ValidationOutputs(
         preference=preference_data.path, prompts=prompt_data.path, eval=eval_data.path,
         stats=stats.path, summary_md=summary.path, summary_html=summary_html.path))

@@ -12,13 +12,15 @@ from typing import NamedTuple, Optional
 
 from kfp import dsl
 
-from components.deploy import DEFAULT_SERVING_IMAGE, deployment_skipped
+from components.deploy import deployment_skipped
 from pipelines.deployment import deployment_stage
 from pipelines.evaluation import evaluation_stage
 from pipelines.reward import reward_model_stage
-from pipelines.targets import check_target, request_small_machine
+from pipelines.targets import check_target, request_small_machine, stage_hardware, stage_settings
 from pipelines.tuning import reinforcement_learning_stage
 from pipelines.validation import validation_stage
+from rlhf.pipeline_settings import EVALUATION, REINFORCEMENT_LEARNING, REWARD_MODEL, default
+from rlhf.deploy import DEFAULT_SERVING_IMAGE
 
 # Google's placeholders: Vertex fills in the project and region the pipeline runs in.
 PROJECT_ID_PLACEHOLDER = "{{$.pipeline_google_cloud_project_id}}"
@@ -46,18 +48,20 @@ def build_pipeline(target: str = "vertex"):
     @dsl.pipeline(name=PIPELINE_NAME,
                   description=f"Performs reinforcement learning from human feedback (target: {_TARGET_NOTE[target]}).")
     def rlhf_pipeline(
-        # Google's rlhf_pipeline parameters, in its order, with its defaults.
+        # Google's rlhf_pipeline parameters, in its order. Where a step's config holds the setting,
+        # the default is the config's (`default`, checked equal to Google's by the tests); the rest
+        # are Google's own (required, or None for "not given": rlhf.pipeline_settings.GOOGLE_DEFAULTS).
         prompt_dataset: str,
         preference_dataset: str,
         large_model_reference: str,
         model_display_name: Optional[str] = None,
-        prompt_sequence_length: int = 512,
-        target_sequence_length: int = 64,
-        reward_model_learning_rate_multiplier: float = 1.0,
-        reinforcement_learning_rate_multiplier: float = 1.0,
-        reward_model_train_steps: int = 1000,
-        reinforcement_learning_train_steps: int = 1000,
-        kl_coeff: float = 0.1,
+        prompt_sequence_length: int = default("prompt_sequence_length"),
+        target_sequence_length: int = default("target_sequence_length"),
+        reward_model_learning_rate_multiplier: float = default("reward_model_learning_rate_multiplier"),
+        reinforcement_learning_rate_multiplier: float = default("reinforcement_learning_rate_multiplier"),
+        reward_model_train_steps: int = default("reward_model_train_steps"),
+        reinforcement_learning_train_steps: int = default("reinforcement_learning_train_steps"),
+        kl_coeff: float = default("kl_coeff"),
         instruction: Optional[str] = None,
         deploy_model: bool = True,
         eval_dataset: Optional[str] = None,
@@ -67,15 +71,15 @@ def build_pipeline(target: str = "vertex"):
         encryption_spec_key_name: str = "",
         tensorboard_resource_id: str = "",
         # Ours: training settings.
-        seed: int = 0,
-        reward_lora_dim: int = 4,
-        reward_model_batch_size: int = 16,
-        reward_model_gradient_accumulation_steps: int = 4,
-        reward_model_options: dict = {},
-        reinforcement_learning_batch_size: int = 16,
-        reinforcement_learning_options: dict = {},
-        evaluation_batch_size: int = 8,
-        evaluation_max_examples: int = 0,
+        seed: int = default("seed"),
+        reward_lora_dim: int = default("reward_lora_dim"),
+        reward_model_batch_size: int = default("reward_model_batch_size"),
+        reward_model_gradient_accumulation_steps: int = default("reward_model_gradient_accumulation_steps"),
+        reward_model_options: dict = default("reward_model_options"),
+        reinforcement_learning_batch_size: int = default("reinforcement_learning_batch_size"),
+        reinforcement_learning_options: dict = default("reinforcement_learning_options"),
+        evaluation_batch_size: int = default("evaluation_batch_size"),
+        evaluation_max_examples: int = default("evaluation_max_examples"),
         # Ours: hardware per stage.
         reward_model_accelerator_type: str = "NVIDIA_L4",
         reward_model_accelerator_count: int = 1,
@@ -120,13 +124,13 @@ def build_pipeline(target: str = "vertex"):
           location: Region for Vertex AI resources; default: the pipeline's region. Google's parameter.
           encryption_spec_key_name: Cloud KMS key for the model and endpoint the pipeline creates (`rlhf submit --encryption-spec-key-name` sets it too). Google's parameter.
           tensorboard_resource_id: Vertex AI TensorBoard (`projects/P/locations/L/tensorboards/ID`) that receives the training metrics; empty for none. Google's parameter.
-          seed: Random seed of every stage: data order, held-out split, initialization, PPO sampling and evaluation sampling (a stage's options may set its own).
+          seed: Random seed of every stage: data order, held-out split, initialization, PPO sampling and evaluation sampling.
           reward_lora_dim: LoRA rank of the reward model (Google's reward trainer uses 4).
           reward_model_batch_size: Preference pairs per forward pass of the reward model.
           reward_model_gradient_accumulation_steps: Forward passes per reward model step (pairs per step = batch size x this).
-          reward_model_options: Any other reward model setting as a JSON object, e.g. {"lora_alpha": 16, "margin": 0.5, "heldout_fraction": 0.1} (see `rlhf train-reward --help`).
+          reward_model_options: Any other reward model setting as a JSON object, e.g. {"lora_alpha": 16, "margin": 0.5, "heldout_fraction": 0.1} (see `rlhf train-reward --help`); a setting that has its own parameter (seed, reward_model_batch_size, ...) is refused here.
           reinforcement_learning_batch_size: Prompts sampled per PPO step.
-          reinforcement_learning_options: Any other PPO setting as a JSON object, e.g. {"mini_batch_size": 8, "ppo_epochs": 4, "lora_rank": 8, "temperature": 0.7, "adaptive_kl": true} (see `rlhf tune --help`).
+          reinforcement_learning_options: Any other PPO setting as a JSON object, e.g. {"mini_batch_size": 8, "ppo_epochs": 4, "lora_rank": 8, "temperature": 0.7, "adaptive_kl": true} (see `rlhf tune --help`); a setting that has its own parameter (kl_coeff, seed, ...) is refused here.
           evaluation_batch_size: Eval prompts generated per batch.
           evaluation_max_examples: Evaluate on the first N eval prompts only; 0 for all.
           reward_model_accelerator_type: GPU for reward model training on Vertex AI (NVIDIA_L4, NVIDIA_TESLA_A100, NVIDIA_A100_80GB, NVIDIA_H100_80GB, ...).
@@ -153,6 +157,7 @@ def build_pipeline(target: str = "vertex"):
           model_resource_name: The model uploaded to the Model Registry; empty when not deployed.
           endpoint_resource_name: The endpoint serving it; empty when not deployed.
         """
+        params = dict(locals())  # every parameter by name, for the stage tables below
         data = validate_inputs(
             preference_dataset=preference_dataset,
             prompt_dataset=prompt_dataset,
@@ -166,48 +171,19 @@ def build_pipeline(target: str = "vertex"):
         reward = train_reward_model(
             preference_data=data.outputs["preference_data"],
             eval_data=data.outputs["eval_data"],
-            large_model_reference=large_model_reference,
-            instruction=instruction,
-            prompt_sequence_length=prompt_sequence_length,
-            target_sequence_length=target_sequence_length,
-            reward_model_train_steps=reward_model_train_steps,
-            reward_model_learning_rate_multiplier=reward_model_learning_rate_multiplier,
-            reward_lora_dim=reward_lora_dim,
-            batch_size=reward_model_batch_size,
-            gradient_accumulation_steps=reward_model_gradient_accumulation_steps,
-            seed=seed,
             options=reward_model_options,
-            accelerator_type=accelerator_type,
-            gpu_type=reward_model_accelerator_type,
-            gpu_count=reward_model_accelerator_count,
-            cpu_limit=reward_model_cpu_limit,
-            memory_limit=reward_model_memory_limit,
-            tpu_type=tpu_accelerator_type,
-            tpu_count=tpu_accelerator_count,
             tensorboard_resource_id=tensorboard_resource_id,
+            **stage_settings(REWARD_MODEL, params),
+            **stage_hardware("reward_model", params),
         ).set_display_name("Train Reward Model")
 
         policy = reinforcement_learning(
             prompt_data=data.outputs["prompt_data"],
             reward_model=reward.outputs["reward_model"],
-            large_model_reference=large_model_reference,
-            instruction=instruction,
-            prompt_sequence_length=prompt_sequence_length,
-            target_sequence_length=target_sequence_length,
-            reinforcement_learning_train_steps=reinforcement_learning_train_steps,
-            reinforcement_learning_rate_multiplier=reinforcement_learning_rate_multiplier,
-            kl_coeff=kl_coeff,
-            batch_size=reinforcement_learning_batch_size,
-            seed=seed,
             options=reinforcement_learning_options,
-            accelerator_type=accelerator_type,
-            gpu_type=reinforcement_learning_accelerator_type,
-            gpu_count=reinforcement_learning_accelerator_count,
-            cpu_limit=reinforcement_learning_cpu_limit,
-            memory_limit=reinforcement_learning_memory_limit,
-            tpu_type=tpu_accelerator_type,
-            tpu_count=tpu_accelerator_count,
             tensorboard_resource_id=tensorboard_resource_id,
+            **stage_settings(REINFORCEMENT_LEARNING, params),
+            **stage_hardware("reinforcement_learning", params),
         ).set_display_name("Reinforcement Learning")
 
         evaluate(
@@ -216,17 +192,8 @@ def build_pipeline(target: str = "vertex"):
             tuned_policy=policy.outputs["policy_adapter"],
             reward_model=reward.outputs["reward_model"],
             training_logs=policy.outputs["tensorboard_logs"],
-            large_model_reference=large_model_reference,
-            instruction=instruction,
-            prompt_sequence_length=prompt_sequence_length,
-            target_sequence_length=target_sequence_length,
-            batch_size=evaluation_batch_size,
-            max_examples=evaluation_max_examples,
-            seed=seed,
-            gpu_type=evaluation_accelerator_type,
-            gpu_count=evaluation_accelerator_count,
-            cpu_limit=evaluation_cpu_limit,
-            memory_limit=evaluation_memory_limit,
+            **stage_settings(EVALUATION, params),
+            **stage_hardware("evaluation", params, tpu=False),
         ).set_display_name("Evaluate Tuned Model")
 
         if upload_and_deploy is not None:

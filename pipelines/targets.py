@@ -12,8 +12,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from kfp import dsl
 from kfp.dsl import PipelineTask
@@ -21,6 +22,7 @@ from kfp.dsl.pipeline_channel import PipelineChannel
 
 from components.image import TPU_IMAGE
 from rlhf.credentials import HUB_TOKEN_SECRET_ENV
+from rlhf.pipeline_settings import Stage
 
 TARGETS = ("vertex", "kfp", "kfp-cpu", "local")
 KFP_GPU_RESOURCE = "nvidia.com/gpu"
@@ -109,3 +111,92 @@ def on_accelerators(target: str, make_task: Callable[[str], PipelineTask], *, ac
     with dsl.Else(name="On GPU"):
         gpu = request_accelerator(make_task("gpu"), target, gpu_type, gpu_count, cpu_limit, memory_limit)
     return lambda name: dsl.OneOf(tpu.outputs[name], gpu.outputs[name])
+
+
+# -- one hardware profile per stage ------------------------------------------------------------------
+# A stage sub-pipeline is sized by these inputs; the pipeline fills them from its parameters with
+# `stage_hardware`. GPU-only stages (evaluation) take the first four.
+GPU_PROFILE = {"gpu_type": str, "gpu_count": int, "cpu_limit": str, "memory_limit": str}
+ACCELERATOR_PROFILE = {"accelerator_type": str, **GPU_PROFILE, "tpu_type": str, "tpu_count": int}
+
+
+def stage_hardware(prefix: str, params: Mapping[str, Any], tpu: bool = True) -> dict[str, Any]:
+    """The profile of stage `prefix` (e.g. `reward_model`) from the pipeline's parameters
+    `{prefix}_accelerator_type`, `_accelerator_count`, `_cpu_limit`, `_memory_limit`, and (`tpu`)
+    Google's `accelerator_type` with `tpu_accelerator_type` / `tpu_accelerator_count`."""
+    profile = {"gpu_type": params[f"{prefix}_accelerator_type"],
+               "gpu_count": params[f"{prefix}_accelerator_count"],
+               "cpu_limit": params[f"{prefix}_cpu_limit"], "memory_limit": params[f"{prefix}_memory_limit"]}
+    if tpu:
+        profile.update(accelerator_type=params["accelerator_type"], tpu_type=params["tpu_accelerator_type"],
+                       tpu_count=params["tpu_accelerator_count"])
+    return profile
+
+
+def stage_settings(stage: Stage, params: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage's training settings from the pipeline's parameters, by config field name (the names
+    the stage's component takes), as `rlhf.pipeline_settings` maps them."""
+    return {field: params[parameter] for parameter, field in stage.parameters.items()}
+
+
+def component_inputs(component, skip: tuple = ()) -> list[inspect.Parameter]:
+    """The inputs of a Python component (outputs left out), to declare on a sub-pipeline that
+    passes them through: the component's signature is their one declaration."""
+    out = []
+    for p in inspect.signature(component.python_func).parameters.values():
+        if p.name in skip or "Output" in repr(p.annotation):
+            continue
+        annotation = p.annotation
+        if "Input[" in repr(annotation):  # a sub-pipeline receives the artifact from an earlier step
+            annotation = next(a for a in getattr(annotation, "__args__", (annotation,)) if a is not type(None))
+            out.append(p.replace(annotation=annotation, default=inspect.Parameter.empty))
+        else:
+            out.append(p)
+    return out
+
+
+def sub_pipeline(name: str, description: str, inputs: list[inspect.Parameter], returns: Any = None):
+    """Decorate `body(**inputs)` into a KFP sub-pipeline whose inputs are `inputs` (declared once,
+    elsewhere: a component's signature, a hardware profile) rather than a hand-copied signature."""
+    def wrap(body: Callable):
+        ordered = ([p for p in inputs if p.default is inspect.Parameter.empty]
+                   + [p for p in inputs if p.default is not inspect.Parameter.empty])
+        signature = inspect.Signature(ordered, return_annotation=returns or inspect.Signature.empty)
+
+        def pipeline(*args):  # kfp calls it with one channel per input, in signature order
+            return body(**signature.bind(*args).arguments)
+
+        pipeline.__signature__ = signature
+        pipeline.__name__ = name.replace("-", "_")
+        pipeline.__doc__ = description
+        return dsl.pipeline(name=name, description=description)(pipeline)
+    return wrap
+
+
+def declared(types: Mapping[str, type]) -> list[inspect.Parameter]:
+    return [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=t) for n, t in types.items()]
+
+
+def training_stage(target: str, component, *, name: str, description: str, display_name: str,
+                   tensorboard_run: str, upload_display_name: str, outputs: type):
+    """A stage sub-pipeline that runs `component` on the accelerators its profile asks for (TPU or
+    GPU on Vertex AI, GPUs elsewhere) and uploads its TensorBoard logs; it takes the component's own
+    inputs plus the hardware profile, and returns `outputs` (a NamedTuple of the component's outputs)."""
+    from pipelines.tensorboard import upload_training_metrics
+
+    inputs = component_inputs(component) + declared({**ACCELERATOR_PROFILE, "tensorboard_resource_id": str})
+
+    @sub_pipeline(name, description, inputs, returns=outputs)
+    def pipeline(tensorboard_resource_id, **values):
+        hardware = {k: values.pop(k) for k in ACCELERATOR_PROFILE}
+
+        def make_task(kind: str) -> PipelineTask:
+            task = component(**values).set_display_name(f"{display_name} ({kind.upper()})")
+            upload_training_metrics(task, target, tensorboard_resource_id, run_name=tensorboard_run,
+                                    display_name=upload_display_name)
+            return task
+
+        output = on_accelerators(target, make_task, **hardware)
+        return outputs(**{field: output(field) for field in outputs._fields})
+
+    return pipeline

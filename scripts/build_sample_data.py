@@ -99,13 +99,13 @@ def generate(posts: dict[str, dict], ids: list[str], model_ref: str, seed: int, 
              threads: int) -> list[dict]:
     import torch
 
-    from rlhf import models
+    from rlhf import encoding, models
     from rlhf.data.canonical import Prompt, prompt_messages
 
     torch.set_num_threads(threads)
     tokenizer = models.load_tokenizer(model_ref, padding_side="left")
     model = models.load_causal_lm(model_ref, dtype="float32", device="cpu").eval()
-    prompts = {i: models.render_prompt(tokenizer, prompt_messages(
+    prompts = {i: encoding.render_prompt(tokenizer, prompt_messages(
         Prompt(messages=[{"role": "user", "content": posts[i]["text"]}], instruction=INSTRUCTION)))
         for i in ids}
     # Batches of similar length waste less compute on padding.

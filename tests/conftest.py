@@ -131,3 +131,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def word_tokenizer(tmp_path) -> str:
+    """A real (tiny) tokenizer directory, one token per whitespace-separated word, so token counts
+    in a test are plain word counts (shared by the library and CLI tests of `rlhf validate`)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    directory = tmp_path / "tok"
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "[EOS]": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]").save_pretrained(directory)
+    (directory / "config.json").write_text('{"model_type": "llama"}')
+    return str(directory)

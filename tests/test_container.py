@@ -87,8 +87,11 @@ def _run_in_kfp(code: str, tmp_path: Path, docker_host: str, image: str) -> subp
     """Run `code` after kfp.local.init(DockerRunner) in a fresh interpreter: components.image reads
     RLHF_CPU_IMAGE when it is first imported, so the component's base_image is the image under test."""
     prelude = textwrap.dedent(f"""
-        import json, kfp.local
-        from components.validate import validate_data
+        import functools, json, kfp.local
+        from components import validate
+        from rlhf.pipeline_settings import VALIDATION
+        # The settings the pipeline would pass, at their defaults (a call may override them).
+        validate_data = functools.partial(validate.validate_data, **VALIDATION.defaults())
         # No network in the container: the image alone must hold everything a step needs.
         kfp.local.init(runner=kfp.local.DockerRunner(network_mode="none"),
                        pipeline_root={str(tmp_path / "root")!r})

@@ -11,6 +11,7 @@ import pytest
 
 from test_eval_run import eval_rows, tiny_reward_model, write_jsonl  # noqa: F401  (fixtures)
 from test_eval_inference import tiny  # noqa: F401  (fixture)
+from rlhf.pipeline_settings import EVALUATION
 
 
 @pytest.fixture
@@ -43,9 +44,10 @@ def test_evaluate_component_through_kfp_local(local_runner, tiny, tiny_reward_mo
         policy = dsl.importer(artifact_uri=policy_uri, artifact_class=Model, reimport=True)
         reward = dsl.importer(artifact_uri=reward_uri, artifact_class=Model, reimport=True)
         history = dsl.importer(artifact_uri=logs_uri, artifact_class=Artifact, reimport=True)
+        settings = {**EVALUATION.defaults(), "large_model_reference": base, "target_sequence_length": 8,
+                    "batch_size": 4}
         evaluate_model(eval_data=eval_data.output, tuned_policy=policy.output, reward_model=reward.output,
-                       training_logs=history.output, large_model_reference=base,
-                       target_sequence_length=8, batch_size=4, num_report_samples=2)
+                       training_logs=history.output, **settings)
 
     pipeline(eval_uri=str(data), policy_uri=adapter_dir, reward_uri=tiny_reward_model,
              logs_uri=str(logs.parent), base=base_dir)
@@ -72,9 +74,8 @@ def test_evaluate_component_through_kfp_local(local_runner, tiny, tiny_reward_mo
     assert {"base.jsonl", "tuned.jsonl", "scores.jsonl"} <= set(os.listdir(predictions))
 
 
-def test_training_logs_are_optional_and_options_set_other_fields(tmp_path, tiny, tiny_reward_model):  # noqa: F811
-    """Unset, the optional history input arrives as None: the report then has no training curves;
-    `options` sets EvalConfig fields that are not parameters."""
+def test_training_logs_are_optional(tmp_path, tiny, tiny_reward_model):  # noqa: F811
+    """Unset, the optional history input arrives as None: the report then has no training curves."""
     from kfp.dsl import HTML, Dataset, Markdown, Metrics, Model
 
     from components.evaluate import evaluate_model
@@ -91,9 +92,9 @@ def test_training_logs_are_optional_and_options_set_other_fields(tmp_path, tiny,
     evaluate_model.python_func(
         eval_data=artifact(Dataset, "eval", str(data)), tuned_policy=artifact(Model, "policy", adapter_dir),
         reward_model=artifact(Model, "rm", tiny_reward_model), report=report, summary=summary,
-        metrics=metrics, predictions=predictions, training_logs=None, large_model_reference=base_dir,
-        target_sequence_length=4, max_examples=2, options={"measure_kl": False})
+        metrics=metrics, predictions=predictions, training_logs=None,
+        **{**EVALUATION.defaults(), "large_model_reference": base_dir, "target_sequence_length": 4,
+           "max_examples": 2})
     html = Path(report.path).read_text()
     assert "Training curves" not in html and "Samples (2 prompts" in html
     assert metrics.metadata["eval/num_prompts"] == 2 and "eval/judge_win_rate" in metrics.metadata
-    assert "eval/kl" not in metrics.metadata  # `options` reached the config

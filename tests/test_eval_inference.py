@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf import models
+from rlhf import encoding, models
 from rlhf.data.canonical import EvalExample, prompt_messages, prompt_text
 from rlhf.evaluate import inference, kl
 from rlhf.evaluate.policies import load_policy_pair
@@ -76,12 +76,12 @@ def pair(tiny):
 @pytest.fixture(scope="module")
 def prompts(pair):
     rows = [EvalExample(messages=[{"role": "user", "content": p}], instruction="Summarize:") for p in POSTS]
-    return rows, [models.encode_prompt(pair.tokenizer, prompt_messages(r)) for r in rows]
+    return rows, [encoding.encode_prompt(pair.tokenizer, prompt_messages(r)) for r in rows]
 
 
 def test_response_mask_stops_after_first_eos():
     tokens = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 2, 2, 2]])
-    assert inference._response_mask(tokens, [2]).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert inference.response_mask(tokens, [2]).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
 
 
 def test_adapter_is_loaded_on_one_shared_base(pair, tiny):

@@ -8,6 +8,7 @@ import pytest
 
 from rlhf.errors import UserError
 from rlhf.evaluate import report as R
+from rlhf.evaluate.results import Results, Sample
 from rlhf.evaluate.history import read_history
 
 EVIL = '<script>alert("x")</script> & <img src=x onerror=alert(1)>'
@@ -45,21 +46,21 @@ def parse(doc: str) -> Collect:
     return p
 
 
-def make_data(alarm=None, history=None) -> R.ReportData:
+def make_data(alarm=None, history=None) -> Results:
     metrics = {"eval/num_prompts": 3.0, "eval/judge_win_rate": 0.8333, "eval/judge_base_mean": 0.41,
                "eval/judge_tuned_mean": 0.57, "eval/judge_delta": 0.16, "eval/reward_base_mean": -0.25,
                "eval/reward_tuned_mean": 1.125, "eval/reward_delta": 1.375, "eval/reward_win_rate": 1.0,
                "eval/kl": 0.0421, "eval/kl_seq": 1.37, "eval/kl_full": 0.05, "eval/kl_full_seq": 1.6,
                "eval/rouge_l_base": 0.2, "eval/rouge_l_tuned": 0.3, "eval/length_words_base_mean": 30.0,
                "eval/length_words_tuned_mean": 22.0, "eval/reward_model/accuracy": float("nan")}
-    samples = [R.Sample(prompt=f"post {i}: {EVIL}", base=f"base answer {i} {EVIL}",
-                        tuned=f"tuned answer {i} a<b", reference="ref & more",
-                        judge_base=0.25, judge_tuned=0.75, reward_base=-1.0, reward_tuned=2.0)
+    samples = [Sample(prompt=f"post {i}: {EVIL}", base=f"base answer {i} {EVIL}",
+                      tuned=f"tuned answer {i} a<b", reference="ref & more",
+                      judge_base=0.25, judge_tuned=0.75, reward_base=-1.0, reward_tuned=2.0)
                for i in range(2)]
-    return R.ReportData(metrics=metrics, info={"model": "adapter <dir>", "base": "smollm2"},
-                        alarm=alarm, reward_scores={"base": [-1.0, 0.0, 0.25], "tuned": [1.0, 1.5, 0.875]},
-                        judge_scores={"base": [0.2, 0.4, 0.6], "tuned": [0.5, 0.6, 0.6]},
-                        history=history or [], samples=samples)
+    return Results(metrics=metrics, info={"model": "adapter <dir>", "base": "smollm2"},
+                   alarm=alarm, reward_scores={"base": [-1.0, 0.0, 0.25], "tuned": [1.0, 1.5, 0.875]},
+                   judge_scores={"base": [0.2, 0.4, 0.6], "tuned": [0.5, 0.6, 0.6]},
+                   history=history or [], samples=samples)
 
 
 def test_report_is_self_contained_html_with_metrics_and_escaped_samples():

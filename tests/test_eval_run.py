@@ -127,8 +127,8 @@ def test_cli_user_mistakes_exit_2_with_a_clear_message(tmp_path, tiny, capsys, c
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"input_text": "fine"}, {"input_txt": "typo"}])
     args = {"--eval-dataset": str(good), "--model": adapter_dir, "--output-dir": str(tmp_path / "o"),
             "--device": "cpu"}
-    expected = {"no_dataset": "no eval dataset", "bad_row": "bad.jsonl:2",
-                "missing_model": "nowhere", "bad_length": "target_sequence_length must be positive",
+    expected = {"no_dataset": "--eval-dataset '': is required: give the eval JSONL", "bad_row": "bad.jsonl:2",
+                "missing_model": "nowhere", "bad_length": "--target-sequence-length 0: must be a positive integer",
                 "missing_reward": "not a trained reward model"}[case]
     if case == "no_dataset":
         del args["--eval-dataset"]

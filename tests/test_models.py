@@ -1,4 +1,4 @@
-"""Model references, loading and prompt encoding (rlhf.models)."""
+"""Model references, loading (rlhf.models) and prompt encoding (rlhf.encoding)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf import models, storage
+from rlhf import encoding, models, storage
 from rlhf.errors import UserError
 from test_reward_helpers import build_tiny_model
 
@@ -83,11 +83,11 @@ def test_default_model_is_built_from_the_wheel_and_trains(tmp_path, monkeypatch)
     assert list(path.glob("*.safetensors")) and not list(path.glob("*.bin"))
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp-")]
     tokenizer = models.load_tokenizer()
-    assert models.has_chat_template(tokenizer) and tokenizer.pad_token is not None
+    assert encoding.has_chat_template(tokenizer) and tokenizer.pad_token is not None
     model = models.load_sequence_classifier(dtype="fp32", device="cpu")
     assert model.config.num_labels == 1 and model.config.pad_token_id == tokenizer.pad_token_id
-    ids = torch.tensor([models.encode_prompt(tokenizer, [{"role": "user", "content": "Hi"}])
-                        + models.encode_response(tokenizer, "Hello!")])
+    ids = torch.tensor([encoding.encode_prompt(tokenizer, [{"role": "user", "content": "Hi"}])
+                        + encoding.encode_response(tokenizer, "Hello!")])
     model.score.weight.requires_grad_(True)
     model(input_ids=ids).logits.sum().backward()  # a GGUF-marked model would refuse training
     assert model.score.weight.grad is not None
@@ -109,20 +109,20 @@ def test_tokenizer_gets_a_pad_token_and_padding_side(tiny, tmp_path):
 def test_prompt_encoding_chat_template_plain_text_and_truncation(tiny):
     tok = models.load_tokenizer(str(tiny))
     messages = [{"role": "user", "content": "Name a color."}]
-    chat = tok.decode(models.encode_prompt(tok, messages))
+    chat = tok.decode(encoding.encode_prompt(tok, messages))
     assert chat.endswith("<|im_start|>assistant\n") and "Name a color." in chat
-    plain = models.encode_prompt(tok, messages, use_chat_template=False)
+    plain = encoding.encode_prompt(tok, messages, use_chat_template=False)
     assert tok.decode(plain, skip_special_tokens=True) == "Name a color."
     multi = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
              {"role": "user", "content": "Bye"}]
-    assert models.render_prompt(tok, multi, use_chat_template=False) == \
+    assert encoding.render_prompt(tok, multi, use_chat_template=False) == \
         "User: Hi\n\nAssistant: Hello\n\nUser: Bye\n\nAssistant:"
-    full = models.encode_prompt(tok, messages)
-    assert models.encode_prompt(tok, messages, max_length=5) == full[-5:]  # the end is kept
+    full = encoding.encode_prompt(tok, messages)
+    assert encoding.encode_prompt(tok, messages, max_length=5) == full[-5:]  # the end is kept
 
-    response = models.encode_response(tok, "Blue, like the sky on a clear day.")
+    response = encoding.encode_response(tok, "Blue, like the sky on a clear day.")
     assert response[-1] == tok.eos_token_id
-    short = models.encode_response(tok, "Blue, like the sky on a clear day.", max_length=4)
+    short = encoding.encode_response(tok, "Blue, like the sky on a clear day.", max_length=4)
     assert len(short) == 4 and short[:3] == response[:3] and short[-1] == tok.eos_token_id
 
 
@@ -160,3 +160,69 @@ def test_device_and_dtype_choice(monkeypatch):
             models.pick_device("xla")
     with pytest.raises(UserError, match="dtype"):
         models.load_causal_lm("not/used", dtype="int3")
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder-decoder models are refused up front
+
+T5_CONFIG = {"model_type": "t5", "is_encoder_decoder": True, "architectures": ["T5ForConditionalGeneration"]}
+
+
+def test_t5_alias_is_refused_by_the_cli_with_exit_2_and_the_decoder_only_aliases(tmp_path):
+    import subprocess
+    import sys
+
+    from rlhf import samples
+    done = subprocess.run([sys.executable, "-m", "rlhf", "train-reward", "--preference-dataset",
+                           samples.preference_dataset(), "--output-dir", str(tmp_path / "out"),
+                           "--large-model-reference", "flan-t5-xl", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "RLHF_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr
+    assert "'flan-t5-xl'" in errors[0] and "encoder-decoder" in errors[0] and "google/flan-t5-xl" in errors[0]
+    assert "gemma-2b" in errors[0] and "llama-2-7b" in errors[0] and "t5-xl," not in errors[0]
+
+
+@pytest.mark.parametrize("alias", sorted(models.ENCODER_DECODER_ALIASES))
+def test_every_t5_alias_stays_known_but_is_refused_before_any_download(alias, monkeypatch):
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("hub reached"))
+    assert alias in models.ALIASES  # Google's parameter accepts it: refused clearly, not "unknown"
+    with pytest.raises(UserError, match="encoder-decoder"):
+        models.resolve_model(alias.upper())
+
+
+def test_encoder_decoder_directory_is_refused_before_weights_load(tmp_path):
+    model_dir = tmp_path / "my-t5"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps(T5_CONFIG))
+    for load in (models.resolve_model, models.load_causal_lm, models.load_tokenizer):
+        with pytest.raises(UserError) as e:
+            load(str(model_dir))  # no weights in it: any attempt to load them would fail differently
+        assert "is_encoder_decoder" in str(e.value) and str(model_dir) in str(e.value)
+        assert "smollm2-135m-instruct" in str(e.value)
+
+
+def test_encoder_decoder_hub_model_is_refused_from_its_config_before_the_weights(tmp_path, monkeypatch):
+    import huggingface_hub
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(T5_CONFIG))
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo_id, filename, **k: asked.append((repo_id, filename)) or str(config))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: pytest.fail("weights fetched"))
+    with pytest.raises(UserError, match="encoder-decoder") as e:
+        models.resolve_model("acme/my-t5")
+    assert asked == [("acme/my-t5", "config.json")] and "'acme/my-t5'" in str(e.value)
+
+
+def test_encoder_decoder_gcs_model_is_refused_before_it_is_copied(gcs_emulator, tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_CACHE", str(tmp_path / "cache"))
+    uri = gcs_emulator.uri("models", f"t5-{os.getpid()}")
+    storage.write_text(f"{uri}/config.json", json.dumps(T5_CONFIG))
+    storage.write_text(f"{uri}/model.safetensors", "not really weights")
+    with pytest.raises(UserError, match="encoder-decoder"):
+        models.resolve_model(uri)
+    assert not (tmp_path / "cache" / "models" / "gcs").exists()

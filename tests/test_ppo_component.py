@@ -13,6 +13,7 @@ from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Metrics, Model
 
 from components.ppo import tune_policy
+from rlhf.pipeline_settings import REINFORCEMENT_LEARNING
 from test_ppo_train import build_tiny_setup
 
 pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
@@ -23,9 +24,10 @@ def ppo_only(prompts_uri: str, reward_uri: str) -> NamedTuple(
         "Outputs", policy=Model, metrics=Metrics, tensorboard=Artifact, samples=Artifact):
     prompts = dsl.importer(artifact_uri=prompts_uri, artifact_class=Dataset, reimport=True)
     reward = dsl.importer(artifact_uri=reward_uri, artifact_class=Model, reimport=True)
+    settings = {**REINFORCEMENT_LEARNING.defaults(), "reinforcement_learning_train_steps": 2,
+                "target_sequence_length": 6, "batch_size": 4}
     task = tune_policy(
-        prompt_data=prompts.output, reward_model=reward.output, reinforcement_learning_train_steps=2,
-        target_sequence_length=6, batch_size=4,
+        prompt_data=prompts.output, reward_model=reward.output, **settings,
         options={"mini_batch_size": 2, "ppo_epochs": 1, "checkpoint_every": 1, "sample_count": 2,
                  "device": "cpu"})
     outputs = NamedTuple("Outputs", policy=Model, metrics=Metrics, tensorboard=Artifact, samples=Artifact)

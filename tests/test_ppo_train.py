@@ -292,7 +292,7 @@ def test_reward_model_on_another_base_is_loaded_apart_and_scores_like_the_shared
     the scores the shared-adapter path gives from token ids, on a copy of the same weights."""
     import shutil
     from rlhf import models
-    from rlhf.models import encode_response
+    from rlhf.encoding import encode_response
     from rlhf.ppo.prompts import left_pad, load_prompts
     from rlhf.ppo.reward import SeparateReward, SharedBaseReward, build_reward
     from rlhf.ppo.rollout import Rollout

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf import models
+from rlhf import encoding, models
 from rlhf.data.canonical import PreferencePair
 from rlhf.reward import batching
 from rlhf.reward.modeling import build_reward_model, pair_rewards, score_sequences
@@ -32,7 +32,7 @@ def test_encoding_truncates_and_applies_the_instruction(tiny):
     for e in encoded:
         assert len(e.prompt) <= 20 and len(e.chosen) <= 8 and len(e.rejected) <= 8
         assert e.chosen[-1] == tok.eos_token_id and e.rejected[-1] == tok.eos_token_id
-    full = models.encode_prompt(tok, [{"role": "user", "content": "Be brief.\n\nSay hi "}])
+    full = encoding.encode_prompt(tok, [{"role": "user", "content": "Be brief.\n\nSay hi "}])
     assert encoded[0].prompt == full[-20:]
 
 

@@ -14,6 +14,7 @@ from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Metrics, Model
 
 from components.reward import train_reward_model
+from rlhf.pipeline_settings import REWARD_MODEL
 from test_reward_helpers import build_tiny_model, synthetic_rows, write_jsonl
 
 pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping to run a task:RuntimeWarning")
@@ -25,10 +26,10 @@ def reward_only(preference_uri: str, eval_uri: str, model: str) -> NamedTuple(
         tensorboard=Artifact):
     pref = dsl.importer(artifact_uri=preference_uri, artifact_class=Dataset, reimport=True)
     evals = dsl.importer(artifact_uri=eval_uri, artifact_class=Dataset, reimport=True)
+    settings = {**REWARD_MODEL.defaults(), "large_model_reference": model, "reward_model_train_steps": 8,
+                "batch_size": 8, "gradient_accumulation_steps": 1, "reward_model_learning_rate_multiplier": 30.0}
     task = train_reward_model(
-        preference_data=pref.output, eval_data=evals.output, large_model_reference=model,
-        reward_model_train_steps=8, batch_size=8, gradient_accumulation_steps=1,
-        reward_model_learning_rate_multiplier=30.0,
+        preference_data=pref.output, eval_data=evals.output, **settings,
         options={"eval_every": 4, "checkpoint_every": 4, "lora_target_modules": ["q_proj", "v_proj"],
                  "normalization_pairs": 32})
     outputs = NamedTuple("Outputs", reward_model=Model, metrics=Metrics,

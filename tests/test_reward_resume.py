@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 from safetensors.torch import load_file
 
 from test_reward_helpers import build_tiny_model, synthetic_rows, write_jsonl

@@ -4,7 +4,6 @@ with peft and RewardScorer, and bad input fails before training."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,9 @@ from rlhf.reward import batching
 from rlhf.reward.config import RewardConfig
 from rlhf.reward.modeling import build_reward_model
 from rlhf.reward.scorer import RewardScorer
-from rlhf.reward.train import Collator, lr_lambda, train_reward_model, train_step
+from rlhf.reward.setup import Collator, lr_lambda
+from rlhf.reward.train import train_reward_model
+from rlhf.reward.trainer import train_step
 from test_reward_helpers import build_tiny_model, synthetic_rows, write_jsonl
 
 
@@ -122,9 +123,9 @@ def test_only_lora_and_score_head_train(tiny):
 
 
 def test_bad_settings_fail_before_training(tiny, data, tmp_path):
-    with pytest.raises(UserError, match="reward_model_train_steps is 0"):
+    with pytest.raises(UserError, match="--reward-model-train-steps 0: must be a positive integer"):
         train_reward_model(_config(tiny, data, tmp_path / "a", reward_model_train_steps=0))
-    with pytest.raises(UserError, match="prompt_sequence_length is -1"):
+    with pytest.raises(UserError, match="--prompt-sequence-length -1: must be a positive integer"):
         train_reward_model(_config(tiny, data, tmp_path / "a", prompt_sequence_length=-1))
     with pytest.raises(UserError, match="'no-such-model'"):
         train_reward_model(_config(tiny, data, tmp_path / "a", large_model_reference="no-such-model"))
@@ -192,3 +193,51 @@ def test_scorer_reads_a_gcs_model_directory(trained, gcs_emulator, tmp_path, mon
     remote = RewardScorer(uri).score(*args).raw
     np.testing.assert_allclose(remote, RewardScorer(str(out)).score(*args).raw)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("rlhf-reward-model-")]
+
+
+def test_non_finite_loss_stops_before_saving_and_keeps_the_last_checkpoint(tiny, data, tmp_path):
+    from rlhf.rundir import NonFiniteError
+    calls = []
+
+    def nan_score_from_the_third_step(module, inputs, output):
+        # A real forward hook on the score head (Linear(hidden, 1)): one call per micro-batch.
+        if isinstance(module, torch.nn.Linear) and module.out_features == 1:
+            calls.append(1)
+            if len(calls) >= 3:
+                return output * float("nan")
+        return None
+
+    out = tmp_path / "r"
+    handle = torch.nn.modules.module.register_module_forward_hook(nan_score_from_the_third_step)
+    try:
+        with pytest.raises(NonFiniteError, match=r"step 3: loss/total is not finite.*checkpoints/step-00000002"):
+            train_reward_model(_config(tiny, data, out, reward_model_train_steps=4, checkpoint_every=2,
+                                       eval_every=100, normalization_pairs=4))
+    finally:
+        handle.remove()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002"]
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert not (out / "reward_model.json").exists() and not (out / "adapter_model.safetensors").exists()
+
+
+def test_trains_into_cloud_storage_and_resumes_there(tiny, data, gcs_prefix):
+    from rlhf import storage
+    out = f"{gcs_prefix}/reward"
+    config = _config(tiny, data, out, reward_model_train_steps=2, checkpoint_every=1, eval_every=2,
+                     normalization_pairs=4)
+    first = train_reward_model(config)
+    assert first.resumed_from is None
+    info = storage.read_json(f"{out}/reward_model.json")
+    assert info["train_steps"] == 2 and info["format"] == "rlhf-reward-model/1"
+    assert storage.exists(f"{out}/adapter_model.safetensors") and storage.exists(f"{out}/metrics.json")
+    assert storage.exists(f"{out}/checkpoints/step-00000002/state.json")
+    assert storage.expand(f"{out}/tensorboard/events.out.tfevents.*")
+    rows = [json.loads(l) for l in storage.read_text(f"{out}/metrics.jsonl").splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+
+    again = train_reward_model(config)  # a restart after the end resumes from the final checkpoint
+    assert again.resumed_from == 2
+    rows = [json.loads(l) for l in storage.read_text(f"{out}/metrics.jsonl").splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert again.metrics["heldout/accuracy"] == first.metrics["heldout/accuracy"]
+    assert again.normalization == first.normalization

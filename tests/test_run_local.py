@@ -66,7 +66,7 @@ def test_invalid_data_exits_2_with_file_and_line_before_any_task_runs(tmp_path, 
 
 @pytest.mark.parametrize("argv, message", [
     (["--parameter", "reward_model_train_step=3"], "did you mean 'reward_model_train_steps'"),
-    (["--reward-model-train-steps", "0"], "must be at least 1"),
+    (["--reward-model-train-steps", "0"], "reward_model_train_steps 0: must be a positive integer"),
     (["--parameter", "deploy_model=perhaps"], "must be true or false"),
     (["--preference-dataset", "/no/such/file.jsonl"], "/no/such/file.jsonl"),
     (["--template", "/no/such/template.yaml"], "no such file"),

@@ -7,6 +7,8 @@ import pytest
 from kfp import dsl
 
 from components import deploy
+from rlhf import deploy as library
+from rlhf.errors import UserError
 from standins import VertexStandIn
 
 KMS_KEY = "projects/p1/locations/us-central1/keyRings/ring/cryptoKeys/key"
@@ -23,7 +25,7 @@ def _upload(vertex, **overrides):
     args = dict(tuned_model=dsl.Model(name="tuned_policy", uri="gs://bucket/run/tuned_policy", metadata={}),
                 project="p1", location="us-central1", large_model_reference="smollm2-135m-instruct",
                 pipeline_job_name="rlhf-train-template-123",
-                serving_container_image_uri=deploy.DEFAULT_SERVING_IMAGE, serving_container_args=[],
+                serving_container_image_uri=library.DEFAULT_SERVING_IMAGE, serving_container_args=[],
                 serving_accelerator_count=1, prompt_sequence_length=512, target_sequence_length=64, model_display_name="",
                 encryption_spec_key_name=KMS_KEY, api_endpoint=vertex.url)
     args.update(overrides)
@@ -38,7 +40,7 @@ def test_upload_registers_the_model_with_the_vllm_container_and_cmek(vertex):
     assert model["displayName"] == "smollm2-135m-instruct-rlhf-rlhf-train-template-123"
     assert model["artifactUri"] == "gs://bucket/run/tuned_policy"
     container = model["containerSpec"]
-    assert container["imageUri"] == deploy.DEFAULT_SERVING_IMAGE
+    assert container["imageUri"] == library.DEFAULT_SERVING_IMAGE
     assert "--model=gs://bucket/run/tuned_policy" in container["args"]
     assert "--max-model-len=576" in container["args"]
     assert container["predictRoute"] == "/generate" and container["healthRoute"] == "/ping"
@@ -55,8 +57,8 @@ def test_upload_with_another_container_keeps_its_own_command(vertex):
 
 
 def test_upload_refuses_a_model_outside_cloud_storage(vertex):
-    with pytest.raises(ValueError, match="gs:// directory"):
-        deploy.upload(model_uri="/tmp/model", project="p1", location="us-central1", display_name="m",
+    with pytest.raises(UserError, match="gs:// directory"):
+        library.upload(model_uri="/tmp/model", project="p1", location="us-central1", display_name="m",
                       api_endpoint=vertex.url)
     assert vertex.requests == []
 
@@ -87,3 +89,42 @@ def test_deploy_creates_an_endpoint_and_deploys_one_replica_on_the_gpu(vertex):
 
 def test_skipped_deployment_returns_empty_names_like_googles():
     assert tuple(deploy.deployment_skipped.python_func()) == ("", "")
+
+
+def test_deploy_library_imports_without_kfp():
+    """The component wrappers need kfp; the logic they call must not (it runs and is tested alone)."""
+    import subprocess
+    import sys
+    code = "import sys, rlhf.deploy; assert 'kfp' not in sys.modules, 'kfp imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_default_display_name_is_the_model_name_and_job_within_vertex_limits():
+    assert library.default_display_name("gs://b/models/my model/", "job-1") == "my-model-rlhf-job-1"
+    assert library.default_display_name("///", "job-1") == "model-rlhf-job-1"
+    assert len(library.default_display_name("m", "j" * 300)) == 128
+
+
+def test_merge_adapter_writes_a_full_model_that_matches_base_plus_adapter(tmp_path):
+    """`rlhf.deploy.merge_adapter` on a tiny model: base found from the adapter's own config, the
+    merged directory loads alone and computes what base + adapter computes (bf16 merge tolerance)."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from test_reward_helpers import build_tiny_model
+    base_dir = build_tiny_model(tmp_path / "base")
+    torch.manual_seed(0)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                          LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "adapter")
+
+    assert library.merge_adapter(str(tmp_path / "adapter"), str(tmp_path / "merged")) == str(base_dir)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", torch_dtype=torch.float32)
+    assert (tmp_path / "merged" / "tokenizer.json").exists()
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "adapter")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, reference(input_ids=ids).logits,
+                                   atol=0.05, rtol=0.05)

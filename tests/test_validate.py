@@ -293,9 +293,9 @@ def test_every_dataset_is_checked_even_after_a_bad_one(tmp_path):
 
 
 @pytest.mark.parametrize("kw,message", [
-    ({"preference_dataset": ""}, "no preference dataset"),
-    ({"max_errors": 0}, "max_errors is 0"),
-    ({"prompt_sequence_length": 0}, "prompt_sequence_length is 0"),
+    ({"preference_dataset": ""}, "no dataset given: pass any of --preference-dataset, --prompt-dataset"),
+    ({"max_errors": 0}, "--max-errors 0: must be a positive integer"),
+    ({"prompt_sequence_length": 0}, "--prompt-sequence-length 0: must be a positive integer"),
 ])
 def test_bad_configuration_is_a_user_error(tmp_path, kw, message):
     from rlhf.errors import UserError
@@ -406,20 +406,8 @@ def test_percentiles_match_numpy_nearest_rank(n):
     assert math.isclose(got["mean"], sum(values) / n, abs_tol=0.01)
 
 
-def _word_tokenizer(directory: Path) -> str:
-    """A real (tiny) tokenizer directory: one token per whitespace-separated word."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "[EOS]": 1}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]").save_pretrained(directory)
-    (directory / "config.json").write_text('{"model_type": "llama"}')
-    return str(directory)
-
-
-def test_token_statistics_and_truncation_with_a_tokenizer(tmp_path):
-    tokenizer = _word_tokenizer(tmp_path / "tok")
+def test_token_statistics_and_truncation_with_a_tokenizer(tmp_path, word_tokenizer):
+    tokenizer = word_tokenizer
     rows = [{"input_text": " ".join(["w"] * n), "candidate_0": " ".join(["a"] * n),
              "candidate_1": "b", "choice": 0} for n in range(1, 601)]  # more than one batch
     pref = write(tmp_path / "p.jsonl", rows)

@@ -57,6 +57,23 @@ def test_valid_data_exits_0_and_prints_statistics(tmp_path):
     assert problem_lines(r.stderr) == []
 
 
+@pytest.mark.parametrize("kind", ["prompt", "eval"])
+def test_a_prompt_or_eval_file_is_validated_on_its_own(tmp_path, kind):
+    good = write(tmp_path / f"{kind}.jsonl", [{"input_text": "a post"}, {"input_text": "another"}])
+    r = rlhf_validate(f"--{kind}-dataset", good)
+    assert r.returncode == 0, r.stderr
+    assert f"| {kind} | " in r.stdout and "| preference |" not in r.stdout
+    bad = write(tmp_path / f"bad-{kind}.jsonl", [{"input_text": "fine"}, {"input_txt": "typo"}])
+    r = rlhf_validate(f"--{kind}-dataset", bad)
+    assert r.returncode == 2 and f"{bad}:2:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_no_dataset_at_all_exits_2_naming_the_three_flags():
+    r = rlhf_validate()
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--preference-dataset, --prompt-dataset, --eval-dataset" in r.stderr
+
+
 def test_invalid_data_exits_2_with_file_and_line_for_each_problem(tmp_path):
     pref = write(tmp_path / "pref.jsonl", [
         google(0),
@@ -179,10 +196,8 @@ def test_warnings_do_not_fail(tmp_path):
         in r.stderr.splitlines()
 
 
-def test_token_statistics_with_a_tokenizer_directory(tmp_path):
-    from test_validate import _word_tokenizer
-
-    tok = _word_tokenizer(tmp_path / "tok")
+def test_token_statistics_with_a_tokenizer_directory(tmp_path, word_tokenizer):
+    tok = word_tokenizer
     pref = write(tmp_path / "pref.jsonl", [{"input_text": "one two three", "candidate_0": "a b",
                                             "candidate_1": "c", "choice": 0}])
     r = rlhf_validate("--preference-dataset", pref, "--tokenizer", tok, "--prompt-sequence-length", "2",

@@ -4,6 +4,7 @@ the problems in its log."""
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from pathlib import Path
@@ -27,8 +28,10 @@ def local_runner(tmp_path, monkeypatch):
     kfp_local.init(runner=kfp_local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
                    workspace_root=str(tmp_path / "workspace"))
     from components.validate import validate_data
+    from rlhf.pipeline_settings import VALIDATION
 
-    return validate_data
+    # The settings the pipeline would pass, at their defaults (a call may override them).
+    return functools.partial(validate_data, **VALIDATION.defaults())
 
 
 def write(path: Path, rows) -> str:
@@ -88,7 +91,7 @@ def test_component_compiles_with_its_inputs_and_outputs(tmp_path):
     [component] = spec["components"].values()
     assert set(component["inputDefinitions"]["parameters"]) == {
         "preference_dataset", "prompt_dataset", "eval_dataset", "instruction", "tokenizer",
-        "prompt_sequence_length", "target_sequence_length", "max_errors"}
+        "prompt_sequence_length", "target_sequence_length"}
     outputs = {k: v["artifactType"]["schemaTitle"] for k, v in component["outputDefinitions"]["artifacts"].items()}
     assert outputs == {"preference_data": "system.Dataset", "prompt_data": "system.Dataset",
                        "eval_data": "system.Dataset", "stats": "system.Artifact",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from rlhf.configargs import add_dataclass_arguments, dataclass_from_args
 from rlhf.evaluate.config import EvalConfig
 
 HELP = ("Evaluate a tuned model against its base on eval prompts: bulk inference, reward-model and "
@@ -14,14 +13,13 @@ HELP = ("Evaluate a tuned model against its base on eval prompts: bulk inference
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_dataclass_arguments(parser, EvalConfig)
+    EvalConfig.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from rlhf.evaluate.run import evaluate
 
-    config = dataclass_from_args(EvalConfig, args)
-    config.validate()  # before importing torch: a typo costs nothing
+    config = EvalConfig.from_args(args).validate()  # before importing torch: a typo costs nothing
     result = evaluate(config)
     print(result.summary)
     print(f"Report: {result.outputs.report_html}")

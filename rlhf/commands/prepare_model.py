@@ -19,7 +19,9 @@ def run(args: argparse.Namespace) -> int:
     from rlhf import models
     if args.list_aliases:
         for alias, target in sorted(models.ALIASES.items()):
-            print(f"{alias}\t{'(embedded, offline)' if alias == target else target}")
+            note = ("  (encoder-decoder: refused, the trainers tune decoder-only models)"
+                    if alias in models.ENCODER_DECODER_ALIASES else "")
+            print(f"{alias}\t{'(embedded, offline)' if alias == target else target}{note}")
         return 0
     print(models.resolve_model(args.ref))
     return 0

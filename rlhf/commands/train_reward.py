@@ -11,18 +11,15 @@ HELP = ("Train a reward model on preference pairs (Bradley–Terry loss, LoRA) a
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from rlhf.configargs import add_dataclass_arguments
     from rlhf.reward.config import RewardConfig
-    add_dataclass_arguments(parser, RewardConfig)
+    RewardConfig.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlhf.configargs import dataclass_from_args
     from rlhf.reward.config import RewardConfig
     from rlhf.reward.metrics import scalar_metrics
     from rlhf.reward.train import train_reward_model
-    config = dataclass_from_args(RewardConfig, args)
-    config.check()  # before torch and the model load
+    config = RewardConfig.from_args(args).validate()  # before torch and the model load
     result = train_reward_model(config)
     shown = {k: round(v, 4) for k, v in scalar_metrics(result.metrics).items()
              if k.split("/")[0] in ("heldout", "eval") or k.startswith("reward/normalization")}

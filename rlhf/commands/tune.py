@@ -12,15 +12,13 @@ HELP = ("Tune the policy with PPO against a trained reward model (KL-penalized a
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from rlhf.configargs import add_dataclass_arguments
     from rlhf.ppo.config import PPOConfig
-    add_dataclass_arguments(parser, PPOConfig)
+    PPOConfig.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlhf.configargs import dataclass_from_args
     from rlhf.ppo.config import PPOConfig
-    config = dataclass_from_args(PPOConfig, args).validate()  # before torch and the model load
+    config = PPOConfig.from_args(args).validate()  # before torch and the model load
     from rlhf.ppo.run import tune
     summary = tune(config)
     shown = {k: round(v, 4) for k, v in summary.items() if not k.startswith(("time/", "perf/"))}

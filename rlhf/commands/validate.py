@@ -1,14 +1,13 @@
 """`rlhf validate`: check the datasets line by line and print their statistics.
 
 Exit status: 0 when every given dataset is valid (the statistics on stdout, warnings on stderr),
-2 when any is invalid or missing (each problem as `URI:LINE: message` on stderr).
+2 when any is invalid or missing, or none is given (each problem as `URI:LINE: message` on stderr).
 """
 
 from __future__ import annotations
 
 import sys
 
-from rlhf.configargs import add_dataclass_arguments, dataclass_from_args
 from rlhf.data import summary
 from rlhf.data.validate import ValidateConfig, run_validation
 
@@ -17,11 +16,11 @@ HELP = ("check the preference/prompt/eval datasets line by line, print statistic
 
 
 def add_arguments(parser) -> None:
-    add_dataclass_arguments(parser, ValidateConfig)
+    ValidateConfig.add_arguments(parser)
 
 
 def run(args) -> int:
-    config = dataclass_from_args(ValidateConfig, args)
+    config = ValidateConfig.from_args(args)
     report = run_validation(config)
     if not report.ok:
         for line in report.problems.lines() + report.warnings.lines():

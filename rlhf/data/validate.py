@@ -23,13 +23,14 @@ import logging
 import zlib
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Iterable, Optional
 
-from rlhf import storage
+from rlhf import settings, storage
 from rlhf.data import summary
 from rlhf.data.formats import KINDS, ParsedRow, describe_format, parse_row
 from rlhf.data.stats import DatasetStats, flat_metrics
-from rlhf.errors import StorageError, UserError
+from rlhf.errors import StorageError
+from rlhf.settings import Settings, positive, setting
 
 log = logging.getLogger(__name__)
 
@@ -38,31 +39,34 @@ _LINE_BITS = 40  # a row's location packs (file index, line) into one 64-bit int
 
 
 @dataclass
-class ValidateConfig:
-    """What to validate and how; the flags of `rlhf validate` and the inputs of the `validate_data` component."""
+class ValidateConfig(Settings):
+    """What to validate and how; the flags of `rlhf validate` and the inputs of the `validate_data`
+    component. Any non-empty subset of the three datasets may be given."""
 
-    preference_dataset: str = field(metadata={
-        "help": "preference data (JSONL, optionally .gz): a local path, gs:// URI or glob; Google text "
-                "or chat format, TRL prompt/chosen/rejected, or ranked candidates"})
-    prompt_dataset: str = field(default="", metadata={
-        "help": "prompts for reinforcement learning: input_text, prompt or chat messages per line"})
-    eval_dataset: str = field(default="", metadata={
-        "help": "held-out prompts, optionally with a preference pair and a `reference` text"})
-    output_dir: str = field(default="", metadata={
-        "help": "where to write the canonical datasets, stats.json and summary.md/html "
-                "(local or gs://); nothing is written when empty or when any dataset is invalid"})
-    instruction: str = field(default="", metadata={
-        "help": "instruction prepended to every prompt, as in Google's pipeline (a row's own "
-                "`instruction` field wins)"})
-    tokenizer: str = field(default="", metadata={
-        "help": "tokenizer for token statistics: a local directory or a model alias such as "
-                "smollm2-135m-instruct; empty for character statistics only"})
-    prompt_sequence_length: int = field(default=512, metadata={
-        "help": "prompt length in tokens; longer prompts are counted as truncated"})
-    target_sequence_length: int = field(default=64, metadata={
-        "help": "response length in tokens; longer responses are counted as truncated"})
-    max_errors: int = field(default=20, metadata={
-        "help": "how many problems (and warnings) to show; the rest are counted"})
+    STEP: ClassVar[str] = "validation"
+
+    preference_dataset: str = setting(
+        "", "preference data (JSONL, optionally .gz): a local path, gs:// URI or glob; Google text or chat "
+            "format, TRL prompt/chosen/rejected, or ranked candidates")
+    prompt_dataset: str = setting(
+        "", "prompts for reinforcement learning: input_text, prompt or chat messages per line")
+    eval_dataset: str = setting(
+        "", "held-out prompts, optionally with a preference pair and a `reference` text")
+    output_dir: str = setting(
+        "", "where to write the canonical datasets, stats.json and summary.md/html (local or gs://); "
+            "nothing is written when empty or when any dataset is invalid")
+    instruction: str = settings.instruction()
+    tokenizer: str = setting(
+        "", "tokenizer for token statistics: a local directory or a model alias such as "
+            "smollm2-135m-instruct; empty for character statistics only")
+    prompt_sequence_length: int = settings.prompt_sequence_length()
+    target_sequence_length: int = settings.target_sequence_length()
+    max_errors: int = setting(20, "how many problems (and warnings) to show; the rest are counted", positive)
+
+    def cross_checks(self) -> Iterable[settings.Problem]:
+        if not self.datasets():
+            yield settings.Problem("preference_dataset", "", "no dataset given: pass any of --preference-dataset, "
+                                                    "--prompt-dataset, --eval-dataset")
 
     def datasets(self) -> dict[str, str]:
         given = {"preference": self.preference_dataset, "prompt": self.prompt_dataset,
@@ -408,21 +412,11 @@ def _load_tokenizer(ref: str, notes: list[str]):
     return models.load_tokenizer(ref)
 
 
-def _check_config(config: ValidateConfig) -> None:
-    if not config.preference_dataset:
-        raise UserError("no preference dataset given; pass --preference-dataset URI")
-    if config.max_errors < 1:
-        raise UserError(f"max_errors is {config.max_errors}; expected at least 1")
-    for name in ("prompt_sequence_length", "target_sequence_length"):
-        if getattr(config, name) < 1:
-            raise UserError(f"{name} is {getattr(config, name)}; expected a positive number of tokens")
-
-
 def run_validation(config: ValidateConfig, outputs: Optional[ValidationOutputs] = None) -> ValidationReport:
     """Validate every given dataset; write the outputs (to `outputs`, else `config.output_dir`)
     only when all are valid. Data problems are in the report, not raised; a bad configuration
     raises UserError."""
-    _check_config(config)
+    config.validate()
     if outputs is None and config.output_dir:
         outputs = ValidationOutputs.in_dir(config.output_dir)
     notes: list[str] = []

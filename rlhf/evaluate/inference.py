@@ -86,7 +86,7 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[to
     return ids.to(device), mask.to(device)
 
 
-def _response_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+def response_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
     """1 for each generated token up to and including the first EOS, 0 after it."""
     is_eos = torch.isin(tokens, torch.tensor(eos_ids, device=tokens.device))
     # A token is kept when no EOS came strictly before it.
@@ -97,7 +97,7 @@ def _response_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], settings: GenerationSettings,
              on_batch: Optional[Callable[[GeneratedBatch], None]] = None, keep_logits: bool = False,
              label: str = "model") -> list[Generation]:
-    """Generate one response per prompt (token ids, e.g. from `rlhf.models.encode_prompt`)."""
+    """Generate one response per prompt (token ids, e.g. from `rlhf.encoding.encode_prompt`)."""
     from transformers import GenerationConfig
 
     if not prompts:
@@ -129,7 +129,7 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], settings: Gener
                 out = model.generate(input_ids=input_ids, attention_mask=attention,
                                      generation_config=generation_config)
             response = out.sequences[:, input_ids.shape[1]:]
-            mask = _response_mask(response, eos_ids)
+            mask = response_mask(response, eos_ids)
             rows = response.tolist()
             for j, idx in enumerate(indices):
                 n = int(mask[j].sum())

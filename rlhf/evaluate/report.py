@@ -1,6 +1,7 @@
 """The evaluation report: one self-contained HTML file (inline CSS and SVG, no scripts and nothing
 fetched, so it renders in the Vertex AI and Kubeflow artifact viewers), a short Markdown summary, and
-the flat metric dictionary logged to KFP `Metrics`.
+the flat metric dictionary logged to KFP `Metrics`. Rendering only: every number comes computed in a
+`rlhf.evaluate.results.Results`.
 
 Every piece of model or user text goes through `html.escape`: prompts and responses are untrusted.
 """
@@ -9,10 +10,10 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from rlhf.evaluate import metrics as M
+from rlhf.evaluate.results import Results, Sample
 
 # (label, base metric, tuned metric, format, what it means)
 PAIRED_ROWS = [
@@ -66,35 +67,6 @@ CURVES = [
 
 COLORS = {"base": "#8c8c8c", "tuned": "#1a73e8"}
 SERIES_COLORS = ["#1a73e8", "#e8710a", "#188038", "#9334e6"]
-
-
-@dataclass
-class Sample:
-    """One prompt with both responses, for the side-by-side section."""
-
-    prompt: str
-    base: str
-    tuned: str
-    reference: str = ""
-    judge_base: Optional[float] = None
-    judge_tuned: Optional[float] = None
-    reward_base: Optional[float] = None
-    reward_tuned: Optional[float] = None
-    judge_notes_base: list[str] = field(default_factory=list)  # why the judge took points off
-    judge_notes_tuned: list[str] = field(default_factory=list)
-
-
-@dataclass
-class ReportData:
-    metrics: dict[str, float]
-    info: dict[str, str] = field(default_factory=dict)  # run description: model, base, data, decoding
-    alarm: Optional[str] = None
-    reward_scores: dict[str, list[float]] = field(default_factory=dict)  # "base"/"tuned" -> scores
-    judge_scores: dict[str, list[float]] = field(default_factory=dict)
-    judge_rules: dict[str, dict[str, float]] = field(default_factory=dict)  # "base"/"tuned" -> rule -> mean
-    history: list[dict] = field(default_factory=list)  # PPO metrics.jsonl rows
-    samples: list[Sample] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # what was skipped and why
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,7 +325,7 @@ def _headline(m: dict[str, float]) -> str:
     return f'<div class="cards">{"".join(cards)}</div>' if cards else ""
 
 
-def render_html(data: ReportData) -> str:
+def render_html(data: Results) -> str:
     """The whole report as one HTML document."""
     e = html.escape
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -406,7 +378,7 @@ def _md(m: dict[str, float], key: str, spec: str) -> Optional[str]:
     return None if v is None or math.isnan(v) else format(v, spec)
 
 
-def render_markdown(data: ReportData) -> str:
+def render_markdown(data: Results) -> str:
     """A short summary: judge win rate, KL, reward change, and the alarm if raised."""
     m = data.metrics
     n = int(m.get("eval/num_prompts", 0))

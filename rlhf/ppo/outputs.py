@@ -6,10 +6,11 @@
                                  ppo_config.json (settings, base model, tokenizer ids)
       merged_model/              optional: the policy merged into the base, Hugging Face format
       metrics.jsonl              one JSON object per step (namespaced names, as in TensorBoard)
-      summary.json               last value of every metric (what KFP Metrics gets)
+      summary.json               last value of every metric (what KFP Metrics gets); written
+                                 last: a directory that has it is complete
       tensorboard/               event files
       samples/step-00000050.jsonl  sample generations at each checkpoint
-      checkpoints/step-00000050/   for exact resume (rlhf.checkpoint)
+      checkpoints/step-00000050/   for exact resume (rlhf.checkpoint, rlhf.rundir)
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from rlhf import storage
+from rlhf.rundir import publish_dir
+
+# Written last (rlhf.rundir.RunDir.publish): a run directory that has it is complete.
+SUMMARY_FILE = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class OutputLayout:
 
     @property
     def summary_path(self) -> str:
-        return self._p("summary.json")
+        return self._p(SUMMARY_FILE)
 
     @property
     def tensorboard_dir(self) -> str:
@@ -63,27 +68,6 @@ class OutputLayout:
 
     def samples_path(self, step: int) -> str:
         return self._p("samples", f"step-{step:08d}.jsonl")
-
-
-def publish_dir(local_dir: str, uri: str) -> None:
-    """Put a finished local directory at ``uri`` so readers never see half of it: a local target is
-    swapped in by rename; a gs:// target is uploaded file by file (objects appear whole)."""
-    if storage.is_gcs(uri):
-        storage.upload_dir(local_dir, uri)
-        return
-    parent = os.path.dirname(os.path.abspath(uri))
-    os.makedirs(parent, exist_ok=True)
-    staged = tempfile.mkdtemp(dir=parent, prefix=".tmp-publish-")
-    shutil.rmtree(staged)
-    shutil.copytree(local_dir, staged)
-    old = None
-    if os.path.exists(uri):
-        old = tempfile.mkdtemp(dir=parent, prefix=".tmp-old-")
-        shutil.rmtree(old)
-        os.rename(uri, old)
-    os.rename(staged, uri)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def save_policy_adapter(model, uri: str, config, base_model: str, tokenizer) -> None:
@@ -127,10 +111,6 @@ def write_samples(uri: str, rows: Iterable[dict]) -> None:
     with storage.open_write(uri, "wt") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def write_summary(uri: str, summary: dict, extra: Optional[dict] = None) -> None:
-    storage.write_json(uri, {**summary, **(extra or {})})
 
 
 def export_artifacts(run_dir: str, adapter_uri: str, tensorboard_uri: Optional[str] = None,

@@ -21,11 +21,11 @@ def load_prompts(uri: str, tokenizer, max_length: int, instruction: Optional[str
                  use_chat_template: Optional[bool] = None) -> PromptSet:
     """Read the prompts (canonical rows as `rlhf validate` writes them, or a user's raw prompt JSONL,
     checked line by line: `rlhf.data.rows`) and encode them as the reward model saw its prompts
-    (``rlhf.models.encode_prompt``). ``instruction`` is used for rows that carry none (a row's own
+    (``rlhf.encoding.encode_prompt``). ``instruction`` is used for rows that carry none (a row's own
     instruction wins, as in the reward step)."""
     from rlhf.data import canonical
     from rlhf.data.rows import load_rows
-    from rlhf.models import encode_prompt, render_prompt
+    from rlhf.encoding import encode_prompt, render_prompt
     out = PromptSet([], [], [])
     for row in load_rows(uri, "prompt", instruction or ""):
         if instruction and not row.instruction:

@@ -1,5 +1,8 @@
 """`tune(config)`: the whole PPO step, from a prompt dataset and a trained reward model to a policy
-adapter. The CLI (`rlhf tune`) and the KFP component both call this.
+adapter. The CLI (`rlhf tune`) and the KFP component both call this. Setup is here (reward model,
+tokenizer, prompts, policy); the run directory (staged locally when on gs://, resume, the summary
+written last) is `rlhf.rundir`'s; the loop is `rlhf.ppo.trainer`; the files are `rlhf.ppo.outputs`.
+The reward step has the same shape (`rlhf.reward.train`).
 
 Devices, chosen at run time (`--device`, else `RLHF_DEVICE`, else CUDA when present, else CPU;
 `rlhf.models.pick_device`):
@@ -15,41 +18,29 @@ Devices, chosen at run time (`--device`, else `RLHF_DEVICE`, else CUDA when pres
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 
 import torch
 
 from rlhf import storage
-from rlhf.errors import UserError
 from rlhf.ppo import distributed
 from rlhf.ppo.config import PPOConfig
-from rlhf.ppo.outputs import OutputLayout, save_merged_model, save_policy_adapter, write_summary
+from rlhf.ppo.outputs import SUMMARY_FILE, OutputLayout, save_merged_model, save_policy_adapter
 from rlhf.ppo.policy import SharedBaseModel, parameter_count
 from rlhf.ppo.prompts import load_prompts
 from rlhf.ppo.reward import build_reward
 from rlhf.ppo.trainer import PPOTrainer
+from rlhf.rundir import RunDir
 
 log = logging.getLogger(__name__)
-
-
-def _check_inputs(config: PPOConfig) -> None:
-    if not config.prompt_dataset:
-        raise UserError("--prompt-dataset is required: the prompts JSONL written by `rlhf validate`")
-    if not config.reward_model:
-        raise UserError("--reward-model is required: the directory written by `rlhf train-reward`")
-    if not config.output_dir:
-        raise UserError("--output-dir is required: where the policy adapter and metrics go")
-    storage.expand(config.prompt_dataset)  # StorageError naming the path when nothing matches
 
 
 def tune(config: PPOConfig) -> dict[str, float]:
     """Run PPO as configured; returns the final metrics. Resumes from `output_dir`'s checkpoints."""
     from rlhf import models
     from rlhf.reward import outputs as reward_outputs
-    config.validate()
-    _check_inputs(config)
+    config.validate()  # settings and the required inputs
+    storage.expand(config.prompt_dataset)  # StorageError naming the path when nothing matches
     reward_dir = reward_outputs.local_copy(config.reward_model)
     info = reward_outputs.read_info(reward_dir)
     base_ref = config.large_model_reference or info["base_model"]
@@ -62,7 +53,7 @@ def tune(config: PPOConfig) -> dict[str, float]:
     tokenizer = models.load_tokenizer(base_ref, padding_side="left")
     prompts = load_prompts(config.prompt_dataset, tokenizer, config.prompt_sequence_length,
                            config.instruction or info.get("instruction") or None, use_chat_template)
-    dtype = models._dtype(config.dtype) or models.default_dtype(device)
+    dtype = models.parse_dtype(config.dtype) or models.default_dtype(device)
     causal_lm = models.load_causal_lm(base_ref, dtype=dtype, device=device)
     model = SharedBaseModel(causal_lm, config.lora_rank, config.lora_alpha, config.lora_dropout,
                             config.target_modules, config.value_model)
@@ -73,9 +64,8 @@ def tune(config: PPOConfig) -> dict[str, float]:
              base_ref, device, str(dtype).removeprefix("torch."), total / 1e6, trainable / 1e6,
              len(prompts.ids), config.reinforcement_learning_train_steps, config.batch_size * world)
 
-    remote = storage.is_gcs(config.output_dir)
-    local_root = tempfile.mkdtemp(prefix="rlhf-ppo-") if remote else config.output_dir
-    layout = OutputLayout(local_root, checkpoints=storage.join(config.output_dir, "checkpoints") if remote else None)
+    run = RunDir(config.output_dir, prefix="rlhf-ppo-")  # staged locally when on gs://
+    layout = OutputLayout(run.local, checkpoints=run.checkpoints_dir)
     trainer = PPOTrainer(config, model, tokenizer, prompts.ids, reward_fn, layout, prompts.texts, rank, world)
     trainer.resume()
     if world > 1:
@@ -85,13 +75,10 @@ def tune(config: PPOConfig) -> dict[str, float]:
     summary["time/total_s"] = time.perf_counter() - start
     distributed.barrier()
     if rank == 0:
-        save_policy_adapter(model, layout.adapter_dir, config, base_ref, tokenizer)
-        write_summary(layout.summary_path, summary, {"base_model": base_ref, "steps": trainer.step})
-        if config.save_merged_model:
-            save_merged_model(model, layout.merged_dir, tokenizer)
-        if remote:
-            storage.upload_dir(local_root, config.output_dir)
-            shutil.rmtree(local_root, ignore_errors=True)
+        with run.publish(SUMMARY_FILE, {**summary, "base_model": base_ref, "steps": trainer.step}):
+            save_policy_adapter(model, layout.adapter_dir, config, base_ref, tokenizer)
+            if config.save_merged_model:
+                save_merged_model(model, layout.merged_dir, tokenizer)
         log.info("policy adapter written to %s", storage.join(config.output_dir, "policy_adapter"))
     distributed.shutdown()
     return summary

@@ -14,14 +14,14 @@ Each step:
 6. **control**: the adaptive KL controller moves β; metrics (namespaced) to logs, TensorBoard and
    metrics.jsonl with the time split; a checkpoint and sample generations every `checkpoint_every`.
 
-A non-finite score, loss or gradient stops the run before anything of that step is saved, with a
-message naming the value; the last good checkpoint stays and the outputs are not written.
+Checkpoints, resume (refused when settings outside `PPOConfig.RESUME_MAY_CHANGE` differ) and the
+non-finite guard are `rlhf.rundir.CheckpointDir`'s: a non-finite score, loss or gradient stops the
+run before anything of that step is saved, with a message naming the value; the last good
+checkpoint stays and the outputs are not written.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import time
@@ -29,7 +29,6 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from rlhf import checkpoint
 from rlhf.errors import UserError
 from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.gae import gae
@@ -40,6 +39,7 @@ from rlhf.ppo.policy import SharedBaseModel
 from rlhf.ppo.prompts import PromptSampler, left_pad
 from rlhf.ppo.rollout import Rollout, generate
 from rlhf.ppo.whiten import masked_mean, masked_whiten
+from rlhf.rundir import CheckpointDir, NonFiniteError  # noqa: F401  (callers catch it from here too)
 from rlhf.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -47,20 +47,11 @@ log = logging.getLogger(__name__)
 # A reward function maps a rollout to one score per row (already normalized).
 RewardFn = Callable[[Rollout], torch.Tensor]
 
-# Settings that may change between a run and its resumption without changing the result so far.
-_RESUME_FREE = {"output_dir", "reinforcement_learning_train_steps", "checkpoint_every", "sample_count",
-                "save_merged_model", "log_every", "device", "prompt_dataset", "reward_model"}
-
 SHOWN = ["reward/mean", "policy/kl", "objective/kl_coeff", "loss/policy", "loss/value",
          "response/length", "perf/tokens_per_s", "time/generation_s", "time/scoring_s", "time/training_s"]
 
-
-class NonFiniteError(UserError):
-    """A NaN or inf in rewards, losses or gradients."""
-
-
-def config_fingerprint(config: PPOConfig) -> dict:
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUME_FREE}
+NON_FINITE_CAUSES = ("a learning rate too high (--reinforcement-learning-rate-multiplier), fp16 overflow "
+                     "(use bf16 or fp32), or a reward model that returns NaN")
 
 
 class _Timer:
@@ -85,7 +76,7 @@ class PPOTrainer:
     def __init__(self, config: PPOConfig, model: SharedBaseModel, tokenizer, prompt_ids: Sequence[list[int]],
                  reward_fn: RewardFn, layout: OutputLayout, prompt_texts: Optional[Sequence[str]] = None,
                  rank: int = 0, world_size: int = 1):
-        self.cfg = config.validate()
+        self.cfg = config.validate(inputs=False)  # prompts and reward come in memory
         self.model, self.tokenizer, self.reward_fn, self.layout = model, tokenizer, reward_fn, layout
         self.prompt_ids, self.prompt_texts = list(prompt_ids), prompt_texts
         self.rank, self.world_size = rank, world_size
@@ -103,41 +94,32 @@ class PPOTrainer:
                                jsonl_path=layout.metrics_path if self.is_main else None,
                                log_every=config.log_every, show=SHOWN, item_name="episodes")
         self.timer = _Timer(self.device)
+        self.checkpoints = CheckpointDir(layout.checkpoints_dir, config)
         self.step = 0
-        self.last_checkpoint: Optional[str] = None
+
+    @property
+    def last_checkpoint(self) -> Optional[str]:
+        return self.checkpoints.last
 
     # -- resume ---------------------------------------------------------------------------------
 
     def resume(self) -> int:
         """Restore the newest checkpoint under the output directory, if any; returns its step."""
-        path = checkpoint.latest(self.layout.checkpoints_dir)
-        if path is None:
+        ckpt = self.checkpoints.resume(load_trainable=self.model.load_trainable_state_dict,
+                                       optimizer=self.optimizer, tracker=self.tracker)
+        if ckpt is None:
             return 0
-        saved = json.loads(json.dumps(checkpoint.load(path, restore_rng=False).state))
-        mine = json.loads(json.dumps(config_fingerprint(self.cfg)))
-        if saved.get("config") != mine:
-            changed = sorted(k for k in set(mine) | set(saved.get("config", {}))
-                             if mine.get(k) != saved.get("config", {}).get(k))
-            raise UserError(f"{self.layout.root} holds a checkpoint of a run with other settings "
-                            f"({', '.join(changed)}): resume with the same settings, or use a new "
-                            f"output directory")
-        ckpt = checkpoint.load(path, optimizer=self.optimizer)  # restores the RNG states too
-        self.model.load_trainable_state_dict(ckpt.trainable)
         self.kl_ctl.load_state_dict(ckpt.state["kl_controller"])
         self.sampler.load_state_dict(ckpt.state["sampler"])
-        self.tracker.load_state_dict(ckpt.state["tracker"], ckpt.step)
-        self.step, self.last_checkpoint = ckpt.step, path
-        log.info("resumed from %s (step %d)", path, ckpt.step)
+        self.step = ckpt.step
         return ckpt.step
 
     def save_checkpoint(self) -> None:
         if not self.is_main:
             return
-        self.last_checkpoint = checkpoint.save(
-            self.layout.checkpoints_dir, self.step, trainable=self.model.trainable_state_dict(),
-            optimizer=self.optimizer,
-            state={"config": config_fingerprint(self.cfg), "kl_controller": self.kl_ctl.state_dict(),
-                   "sampler": self.sampler.state_dict(), "tracker": self.tracker.state_dict()})
+        self.checkpoints.save(self.step, trainable=self.model.trainable_state_dict(), optimizer=self.optimizer,
+                              tracker=self.tracker, state={"kl_controller": self.kl_ctl.state_dict(),
+                                                           "sampler": self.sampler.state_dict()})
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -167,14 +149,7 @@ class PPOTrainer:
         return r
 
     def _check(self, name: str, value: torch.Tensor) -> None:
-        if not bool(torch.isfinite(value).all()):
-            where = (f"the last good checkpoint is {self.last_checkpoint}; a restart resumes from it"
-                     if self.last_checkpoint else "no checkpoint was written yet")
-            raise NonFiniteError(
-                f"step {self.step + 1}: {name} is not finite ({value.flatten()[:4].tolist()}...). The run "
-                f"stopped without saving this step; {where}. Usual causes: a learning rate too high "
-                f"(--reinforcement-learning-rate-multiplier), fp16 overflow (use bf16 or fp32), or a "
-                f"reward model that returns NaN; change one before restarting.")
+        self.checkpoints.check_finite(name, value, self.step + 1, NON_FINITE_CAUSES)
 
     def score(self, rollout: Rollout) -> torch.Tensor:
         scores = self.reward_fn(rollout).to(self.device, torch.float32)

@@ -4,8 +4,10 @@ Modules: ``config`` (RewardConfig: every setting, CLI flags and component parame
 ``data`` (canonical or raw preference data, held-out split), ``batching`` (tokenization,
 length-bucketed batches, the shared-prompt layout), ``modeling`` (LoRA sequence classifier, rewards
 at the last token), ``losses`` (Bradley–Terry with margin and centering), ``metrics`` (accuracy,
-precision/recall/F1, ROC AUC, margin, confusion matrix), ``train`` (the loop, checkpoints, resume),
-``outputs`` (the model directory), ``scorer`` (RewardScorer for evaluation and anyone else).
+precision/recall/F1, ROC AUC, margin, confusion matrix), ``train`` (the entry point, a table of
+contents), ``setup`` (data, tokenizer, model, optimizer), ``trainer`` (the loop, checkpoints, resume,
+the non-finite guard; the run directory itself is ``rlhf.rundir``, shared with PPO), ``outputs``
+(the model directory), ``scorer`` (RewardScorer for evaluation and anyone else).
 
 Output directory layout (``rlhf train-reward --output-dir DIR`` / the component's Model artifact)::
 
@@ -36,7 +38,7 @@ Loading it:
   states.
 
 How a reward is computed (train, scorer and PPO must agree): the input is the prompt tokens
-(``rlhf.models.encode_prompt``: chat template with generation prompt when ``use_chat_template``,
+(``rlhf.encoding.encode_prompt``: chat template with generation prompt when ``use_chat_template``,
 else the canonical plain-text prompt; last ``prompt_sequence_length`` tokens), then the response
 tokens and EOS (``encode_response``: first ``target_sequence_length`` tokens); the reward is the
 score head applied to the last token's final hidden state (``rlhf.reward.modeling.score_sequences``

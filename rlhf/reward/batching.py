@@ -1,6 +1,6 @@
 """Preference pairs as token ids, batch order, and padded tensors with little padding waste.
 
-Each pair is encoded once: the prompt (``rlhf.models.encode_prompt``: chat template or plain text,
+Each pair is encoded once: the prompt (``rlhf.encoding.encode_prompt``: chat template or plain text,
 the last ``prompt_sequence_length`` tokens) and the two responses (``encode_response``: the first
 ``target_sequence_length`` tokens, EOS included), exactly as PPO later presents a generated response.
 
@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from rlhf import models
+from rlhf import encoding
 from rlhf.data.canonical import PreferencePair, prompt_messages
 
 # Segment ids inside a shared-prompt row.
@@ -70,16 +70,16 @@ def encode_pairs(tokenizer, pairs: Sequence[PreferencePair], prompt_sequence_len
         messages = prompt_messages(pair)
         key = json.dumps(messages, sort_keys=True)
         if key not in prompt_cache:
-            full = models.encode_prompt(tokenizer, messages, use_chat_template)
+            full = encoding.encode_prompt(tokenizer, messages, use_chat_template)
             if len(full) > prompt_sequence_length:
                 stats.truncated_prompts += 1
             prompt_cache[key] = full[-prompt_sequence_length:]
         responses = []
         for text in (pair.chosen, pair.rejected):
-            full = models.encode_response(tokenizer, text)
+            full = encoding.encode_response(tokenizer, text)
             if len(full) > target_sequence_length:
                 stats.truncated_responses += 1
-            responses.append(models.encode_response(tokenizer, text, target_sequence_length))
+            responses.append(encoding.encode_response(tokenizer, text, target_sequence_length))
         out.append(EncodedPair(prompt_cache[key], responses[0], responses[1]))
     return out, stats
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -16,12 +15,16 @@ SCORE_HEAD_FILE = "score_head.safetensors"
 FORMAT = "rlhf-reward-model/1"
 
 
-def save(model, tokenizer, out_dir: str, info: dict, merged: bool = False) -> None:
-    """Write adapter + score head + tokenizer (+ merged model) into local ``out_dir``.
-    Files are built in a temporary directory beside it and moved in; ``reward_model.json`` goes
-    last, so a directory that has it is complete."""
+def write_model(model, tokenizer, out_dir: str, merged: bool = False,
+                base_model: Optional[str] = None) -> None:
+    """Write adapter + score head + tokenizer (+ merged model) into local ``out_dir``, without the
+    info file (``rlhf.rundir.RunDir.publish`` or ``save`` writes that last). Files are built in a
+    temporary directory beside them and moved in. ``base_model``: the reference recorded in
+    ``adapter_config.json`` (as given, not the resolved local path)."""
     from safetensors.torch import save_file
     from rlhf.reward.modeling import parts
+    if base_model:
+        model.peft_config["default"].base_model_name_or_path = base_model
     os.makedirs(out_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=out_dir, prefix=".tmp-model-")
     try:
@@ -36,18 +39,53 @@ def save(model, tokenizer, out_dir: str, info: dict, merged: bool = False) -> No
             merged_model = model.merge_and_unload()
             merged_model.save_pretrained(os.path.join(tmp, "merged"), safe_serialization=True)
             tokenizer.save_pretrained(os.path.join(tmp, "merged"))
-        info = {**info, "format": FORMAT, "score_head": SCORE_HEAD_FILE,
-                "adapter": "adapter_model.safetensors", "merged": "merged" if merged else None}
-        if os.path.exists(os.path.join(out_dir, INFO_FILE)):
-            os.remove(os.path.join(out_dir, INFO_FILE))  # incomplete until rewritten below
         for name in os.listdir(tmp):
             target = os.path.join(out_dir, name)
             if os.path.isdir(target):
                 shutil.rmtree(target)
             os.replace(os.path.join(tmp, name), target)
-        storage.write_text(os.path.join(out_dir, INFO_FILE), json.dumps(info, indent=2, sort_keys=True) + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def complete_info(info: dict, merged: bool) -> dict:
+    """``info`` plus the fields every reward model's info file has (format, file names)."""
+    return {**info, "format": FORMAT, "score_head": SCORE_HEAD_FILE,
+            "adapter": "adapter_model.safetensors", "merged": "merged" if merged else None}
+
+
+def model_info(config, model, use_chat_template: bool, normalization: dict, metrics: dict) -> dict:
+    """The info file of a model trained with ``config`` (a RewardConfig): what a reader needs to
+    encode inputs as training did, normalize rewards, and know how it was trained."""
+    from rlhf import models
+    from rlhf.reward.metrics import scalar_metrics
+    return complete_info({
+        "base_model": config.large_model_reference,
+        "base_model_resolved": models.resolve_model(config.large_model_reference),
+        "architecture": type(model.get_base_model()).__name__,
+        "prompt_sequence_length": config.prompt_sequence_length,
+        "target_sequence_length": config.target_sequence_length,
+        "use_chat_template": use_chat_template,
+        "instruction": config.instruction,
+        "response_encoding": "prompt tokens, then response tokens, then EOS; reward read at the last token",
+        "normalization": normalization,
+        "lora": {"r": config.reward_lora_dim, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+                 "target_modules": sorted(model.peft_config["default"].target_modules or [])},
+        "train_steps": config.reward_model_train_steps,
+        "pairs_per_step": config.pairs_per_step,
+        "learning_rate": config.learning_rate,
+        "seed": config.seed,
+        "metrics": scalar_metrics(metrics),
+    }, merged=config.save_merged_model)
+
+
+def save(model, tokenizer, out_dir: str, info: dict, merged: bool = False) -> None:
+    """A complete reward model directory in local ``out_dir``: the model files, then
+    ``reward_model.json`` last, so a directory that has it is complete."""
+    if os.path.exists(os.path.join(out_dir, INFO_FILE)):
+        os.remove(os.path.join(out_dir, INFO_FILE))  # incomplete until rewritten below
+    write_model(model, tokenizer, out_dir, merged=merged)
+    storage.write_json(os.path.join(out_dir, INFO_FILE), complete_info(info, merged))
 
 
 def read_info(model_dir: str) -> dict:

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from rlhf import models
+from rlhf import encoding, models
 from rlhf.data.canonical import Prompt, prompt_messages
 from rlhf.reward import outputs
 from rlhf.reward.batching import collate_sequences
@@ -70,9 +70,9 @@ class RewardScorer:
             shutil.rmtree(local, ignore_errors=True)
 
     def encode(self, messages: Sequence[dict], response: str) -> list[int]:
-        ids = models.encode_prompt(self.tokenizer, messages, self.info["use_chat_template"],
+        ids = encoding.encode_prompt(self.tokenizer, messages, self.info["use_chat_template"],
                                    self.info["prompt_sequence_length"])
-        return ids + models.encode_response(self.tokenizer, response, self.info["target_sequence_length"])
+        return ids + encoding.encode_response(self.tokenizer, response, self.info["target_sequence_length"])
 
     def score(self, conversations: Sequence[Sequence[dict]], responses: Sequence[str]) -> Scores:
         """Rewards of ``responses[i]`` as the reply to ``conversations[i]`` (a list of messages;

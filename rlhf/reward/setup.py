@@ -1,0 +1,122 @@
+"""Everything the reward loop needs, built in the order that fails cheapest first: the seed, the
+data (a bad file fails before a model is loaded), the tokenizer and encoding, the held-out split,
+then the LoRA model, the optimizer, the learning-rate schedule, the batch layout and the batch plan."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from rlhf import encoding, models
+from rlhf.errors import UserError
+from rlhf.reward import batching, data
+from rlhf.reward.config import RewardConfig
+from rlhf.reward.modeling import attention_kind, build_reward_model
+
+log = logging.getLogger(__name__)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_lambda(total: int, warmup: int, kind: str):
+    def f(step: int) -> float:  # `step` optimizer steps done
+        if warmup and step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(total - warmup, 1)
+        return max(0.0, 1 - progress) if kind == "linear" else 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return f
+
+
+class Collator:
+    """Chooses the layout the attention kernel supports (a 4D mask for SDPA/eager)."""
+
+    def __init__(self, model, pad_id: int, share_prompt: bool, device):
+        kind = attention_kind(model)
+        self.share = share_prompt and kind in ("sdpa", "eager")
+        if share_prompt and not self.share:
+            log.info("attention %s takes no custom mask: scoring chosen and rejected as two rows", kind)
+        dtype = next(p for p in model.parameters() if not p.requires_grad).dtype
+        self.mask_dtype = torch.bool if kind == "sdpa" else dtype
+        self.pad_id = pad_id
+        self.multiple = 8 if getattr(device, "type", "cpu") == "cuda" else None  # tensor-core shapes
+
+    def __call__(self, pairs: Sequence[batching.EncodedPair]) -> dict:
+        if self.share:
+            return batching.collate_shared(pairs, self.pad_id, self.mask_dtype, self.multiple)
+        return batching.collate_rows(pairs, self.pad_id, self.multiple)
+
+
+@dataclass
+class RewardSetup:
+    """What ``prepare`` built: the encoded data, the model and what trains it."""
+    tokenizer: object
+    use_chat_template: bool
+    train_set: list                    # EncodedPair, the training split
+    eval_sets: dict                    # {"heldout": [...], "eval": [...]}: metrics prefix -> pairs
+    model: object                      # peft sequence classifier (LoRA + score head)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    collate: Collator
+    plan: batching.BatchPlan           # which pairs form micro-batch k (restartable at any k)
+
+
+def prepare(config: RewardConfig) -> RewardSetup:
+    """Seed, data, tokenizer, split, model, optimizer, schedule and batch plan for ``config``."""
+    set_seed(config.seed)
+    device = models.pick_device(config.device or None)
+
+    all_pairs, eval_rows = data.load_datasets(config.preference_dataset, config.eval_dataset,
+                                              config.instruction)
+    tokenizer = models.load_tokenizer(config.large_model_reference, padding_side="right",
+                                      trust_remote_code=config.trust_remote_code)
+    use_chat = (encoding.has_chat_template(tokenizer) if config.use_chat_template is None
+                else config.use_chat_template)
+    if use_chat and not encoding.has_chat_template(tokenizer):
+        raise UserError(f"use_chat_template is set but the tokenizer of {config.large_model_reference} "
+                        f"has no chat template")
+    encode = dict(prompt_sequence_length=config.prompt_sequence_length,
+                  target_sequence_length=config.target_sequence_length, use_chat_template=use_chat,
+                  instruction=config.instruction)
+    encoded, stats = batching.encode_pairs(tokenizer, all_pairs, **encode)
+    eval_encoded, _ = batching.encode_pairs(tokenizer, eval_rows, **encode)
+    if stats.truncated_prompts or stats.truncated_responses:
+        log.warning("truncated %d prompts to %d tokens and %d responses to %d tokens",
+                    stats.truncated_prompts, config.prompt_sequence_length,
+                    stats.truncated_responses, config.target_sequence_length)
+    train_idx, heldout_idx = data.split_heldout(len(encoded), config.heldout_fraction,
+                                                config.max_heldout_pairs, config.seed)
+    train_set = [encoded[i] for i in train_idx]
+    eval_sets = {"heldout": [encoded[i] for i in heldout_idx], "eval": eval_encoded}
+    log.info("%d training pairs, %d held out, %d eval pairs", len(train_set), len(heldout_idx),
+             len(eval_encoded))
+
+    dtype = None if config.dtype == "auto" else config.dtype
+    model = build_reward_model(
+        config.large_model_reference, tokenizer, lora_rank=config.reward_lora_dim,
+        lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules), device=device, dtype=dtype,
+        gradient_checkpointing=config.gradient_checkpointing,
+        trust_remote_code=config.trust_remote_code, seed=config.seed)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    total = config.reward_model_train_steps
+    warmup = int(config.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup, config.lr_scheduler))
+    collate = Collator(model, tokenizer.pad_token_id, config.share_prompt, device)
+    plan = batching.BatchPlan([p.length(collate.share) for p in train_set], config.batch_size, config.seed)
+    return RewardSetup(tokenizer=tokenizer, use_chat_template=use_chat, train_set=train_set,
+                       eval_sets=eval_sets, model=model, optimizer=optimizer, scheduler=scheduler,
+                       collate=collate, plan=plan)
