@@ -23,7 +23,7 @@ EOS = 2
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
-class _Tok:
+class IdTokenizer:
     """What the trainer needs of a tokenizer for prompts given as ids: EOS/pad ids and decode."""
     eos_token_id = EOS
     pad_token_id = EOS
@@ -64,7 +64,7 @@ def toy_config(**kw):
 def test_reward_rises_kl_stays_bounded_and_only_adapters_move(tmp_path):
     model = tiny_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = PPOTrainer(toy_config(), model, _Tok(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path)))
+    trainer = PPOTrainer(toy_config(), model, IdTokenizer(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path)))
     trainer.train()
     hist = trainer.tracker.history
     rewards = [row["reward/mean"] for row in hist]
@@ -89,7 +89,7 @@ def test_value_adapter_variant_with_entropy_bonus_trains_both_adapters(tmp_path)
     model = tiny_model(value_model="adapter")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = toy_config(reinforcement_learning_train_steps=2, ppo_epochs=2, ent_coef=0.01, gradient_accumulation_steps=2)
-    trainer = PPOTrainer(cfg, model, _Tok(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path)))
+    trainer = PPOTrainer(cfg, model, IdTokenizer(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path)))
     trainer.train()
     assert trainer.tracker.history[-1]["loss/entropy"] < 0  # the entropy bonus is in the objective
     moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
@@ -109,7 +109,7 @@ def test_zero_kl_coeff_skips_the_reference_pass(tmp_path, kl_coeff):
     model = tiny_model()
     calls = _count_reference_passes(model)
     cfg = toy_config(reinforcement_learning_train_steps=2, kl_coeff=kl_coeff, ppo_epochs=1)
-    trainer = PPOTrainer(cfg, model, _Tok(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path)))
+    trainer = PPOTrainer(cfg, model, IdTokenizer(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path)))
     trainer.train()
     assert sum(calls) == (0 if kl_coeff == 0 else 2)
     assert ("policy/kl" in trainer.tracker.history[-1]) == (kl_coeff > 0)
@@ -125,7 +125,7 @@ def test_nan_reward_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp
         return score * float("nan") if len(calls) >= 4 else score  # 2 steps + 1 sample call, then NaN
 
     cfg = toy_config(reinforcement_learning_train_steps=5, checkpoint_every=2, sample_count=2, ppo_epochs=1)
-    trainer = PPOTrainer(cfg, model, _Tok(), toy_prompts(), reward, OutputLayout(str(tmp_path)))
+    trainer = PPOTrainer(cfg, model, IdTokenizer(), toy_prompts(), reward, OutputLayout(str(tmp_path)))
     with pytest.raises(NonFiniteError, match=r"step 3: reward is not finite.*checkpoints/step-00000002"):
         trainer.train()
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-00000002"]
@@ -262,14 +262,14 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(tiny_setup, tmp_path
 def test_resume_with_other_settings_is_refused(tmp_path):
     from rlhf.errors import UserError
     cfg = toy_config(reinforcement_learning_train_steps=1, checkpoint_every=1, ppo_epochs=1)
-    PPOTrainer(cfg, tiny_model(), _Tok(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path))).train()
+    PPOTrainer(cfg, tiny_model(), IdTokenizer(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path))).train()
     other = toy_config(reinforcement_learning_train_steps=2, checkpoint_every=1, ppo_epochs=1, kl_coeff=0.3)
-    trainer = PPOTrainer(other, tiny_model(), _Tok(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path)))
+    trainer = PPOTrainer(other, tiny_model(), IdTokenizer(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path)))
     with pytest.raises(UserError, match="kl_coeff"):
         trainer.resume()
     # more steps with the same settings is a plain resume
     more = toy_config(reinforcement_learning_train_steps=2, checkpoint_every=1, ppo_epochs=1)
-    assert PPOTrainer(more, tiny_model(), _Tok(), toy_prompts(), shorter_is_better,
+    assert PPOTrainer(more, tiny_model(), IdTokenizer(), toy_prompts(), shorter_is_better,
                       OutputLayout(str(tmp_path))).resume() == 1
 
 

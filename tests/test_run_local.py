@@ -14,8 +14,8 @@ from rlhf.commands import run_local
 def _values(*argv):
     parser = cli.build_parser(["run-local", *argv])
     args = parser.parse_args(["run-local", *argv])
-    pipeline = run_local._pipeline(args.template)
-    return run_local.parameter_values(args, run_local._template_of(pipeline, args.template))
+    pipeline = run_local.load_pipeline(args.template)
+    return run_local.parameter_values(args, run_local.template_of(pipeline, args.template))
 
 
 def test_defaults_are_the_bundled_data_its_instruction_and_the_embedded_model():

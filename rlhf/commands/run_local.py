@@ -93,7 +93,7 @@ def _datasets(args) -> dict[str, str]:
     return out
 
 
-def _pipeline(template: str | None):
+def load_pipeline(template: str | None):
     if template:
         from kfp import components
         if not os.path.isfile(template):
@@ -103,7 +103,7 @@ def _pipeline(template: str | None):
     return build_pipeline("local")
 
 
-def _template_of(pipeline, template_path: str | None):
+def template_of(pipeline, template_path: str | None):
     from google.protobuf import json_format
 
     from rlhf.parameters import Template
@@ -221,8 +221,8 @@ def evaluation_summary(run_dir: Path) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     import kfp.local
 
-    pipeline = _pipeline(args.template)
-    template = _template_of(pipeline, args.template)
+    pipeline = load_pipeline(args.template)
+    template = template_of(pipeline, args.template)
     if template.target == "vertex":
         # Its GPU/TPU branches hand artifacts on with dsl.OneOf, which kfp's local runner cannot do.
         raise UserError(f"--template {args.template} was compiled for Vertex AI; kfp's local runner cannot "
