@@ -1,7 +1,7 @@
 # Container images: build, push and test them. See containers/Dockerfile and the README's
 # "Container images" section.
 #
-#   make images                          build rlhf-cpu, rlhf-gpu and rlhf-tpu, tagged with the version
+#   make images                          build rlhf-cpu and rlhf-gpu, tagged with the version
 #   make push-images REGISTRY=us-central1-docker.pkg.dev/PROJECT/REPO
 #   make test-container                  CI's container tier: CPU image with podman + components in it
 #   make test-gpu-image                  the trainer image on a GPU machine (not part of every CI run)
@@ -13,7 +13,6 @@ ENGINE ?= $(if $(shell command -v podman 2>/dev/null),podman,docker)
 REGISTRY ?= $(RLHF_IMAGE_REGISTRY)
 CPU_BASE_IMAGE ?= debian:bookworm-slim
 GPU_BASE_IMAGE ?= pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime
-TPU_BASE_IMAGE ?= us-central1-docker.pkg.dev/tpu-pytorch-releases/docker/xla:r2.7.0_3.10_tpuvm
 # Extra build flags, e.g. BUILD_ARGS="--build-arg PIP_CERT=/run/ca.crt -v /etc/ssl/certs/ca-certificates.crt:/run/ca.crt:ro"
 BUILD_ARGS ?=
 # How the engine gives a container the GPUs (podman with CDI: --device nvidia.com/gpu=all).
@@ -25,12 +24,11 @@ image_name = $(shell $(if $(REGISTRY),RLHF_IMAGE_REGISTRY=$(REGISTRY)) RLHF_$(1)
 	'from components.image import image; print(image("$(2)"))')
 CPU_IMAGE := $(call image_name,CPU,cpu)
 GPU_IMAGE := $(call image_name,GPU,gpu)
-TPU_IMAGE := $(call image_name,TPU,tpu)
 BUILD = $(ENGINE) build -f containers/Dockerfile $(BUILD_ARGS)
 
-.PHONY: images image-cpu image-gpu image-tpu push-images test-container test-gpu-image lock check-lock
+.PHONY: images image-cpu image-gpu push-images test-container test-gpu-image lock check-lock
 
-images: image-cpu image-gpu image-tpu
+images: image-cpu image-gpu
 
 image-cpu:
 	$(BUILD) --target cpu --build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) -t $(CPU_IMAGE) .
@@ -38,14 +36,9 @@ image-cpu:
 image-gpu:
 	$(BUILD) --target gpu --build-arg BASE_IMAGE=$(GPU_BASE_IMAGE) -t $(GPU_IMAGE) .
 
-# Needs the torch_xla base from Artifact Registry (not reachable from every machine).
-image-tpu:
-	$(BUILD) --target tpu --build-arg BASE_IMAGE=$(TPU_BASE_IMAGE) -t $(TPU_IMAGE) .
-
 push-images: images
 	$(ENGINE) push $(CPU_IMAGE)
 	$(ENGINE) push $(GPU_IMAGE)
-	$(ENGINE) push $(TPU_IMAGE)
 
 test-container:
 	PYTHON=$(PYTHON) bash .ci/container_test.sh

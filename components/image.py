@@ -3,7 +3,7 @@
 Tags follow the package version so a compiled pipeline always names the image built from the same
 code. Point the pipeline at your own registry with `RLHF_IMAGE_REGISTRY` (for example
 `us-central1-docker.pkg.dev/my-project/rlhf`), or pin exact images with `RLHF_CPU_IMAGE` /
-`RLHF_GPU_IMAGE` / `RLHF_TPU_IMAGE`. The variables are read when the components are imported, i.e.
+`RLHF_GPU_IMAGE`. The variables are read when the components are imported, i.e.
 when the pipeline is compiled.
 """
 
@@ -16,11 +16,10 @@ REGISTRY = os.environ.get("RLHF_IMAGE_REGISTRY", DEFAULT_REGISTRY).rstrip("/")
 
 
 def image(kind: str) -> str:
-    """`kind` is `cpu` (validation, evaluation), `gpu` (CUDA trainers) or `tpu` (torch_xla trainers)."""
+    """`kind` is `cpu` (validation, small steps) or `gpu` (the CUDA trainers and evaluation)."""
     override = os.environ.get(f"RLHF_{kind.upper()}_IMAGE")
     return override or f"{REGISTRY}/rlhf-{kind}:{__version__}"
 
 
 IMAGE = image("cpu")
 TRAINER_IMAGE = image("gpu")
-TPU_IMAGE = image("tpu")

@@ -22,17 +22,22 @@ def validate_data(
     tokenizer: str,
     prompt_sequence_length: int,
     target_sequence_length: int,
+    accelerator_type: str,
     eval_dataset: Optional[str] = None,  # None: Google's "not given"
     instruction: Optional[str] = None,
 ):
     """Check every line of the datasets; write them in the canonical format (an empty file for a
     dataset not given), the stats JSON, a Markdown/HTML summary and metrics. Invalid data fails the
-    task with each problem as `URI:LINE: message` in the log."""
+    task with each problem as `URI:LINE: message` in the log. An `accelerator_type` the trainers
+    cannot run on fails it too, before any accelerator is paid for."""
     from rlhf import storage
     from rlhf.data.validate import ValidationOutputs, run_validation
     from rlhf.errors import UserError
-    from rlhf.pipeline_settings import VALIDATION
+    from rlhf.pipeline_settings import VALIDATION, accelerator_type_problem
 
+    problem = accelerator_type_problem(accelerator_type)
+    if problem:
+        raise UserError(f"accelerator_type {accelerator_type!r}: {problem}")
     config = VALIDATION.build({
         "preference_dataset": preference_dataset, "prompt_dataset": prompt_dataset,
         "eval_dataset": eval_dataset, "instruction": instruction, "tokenizer": tokenizer,

@@ -4,7 +4,7 @@ The pins come from the environment this runs in (the working venv the tests pass
 requirements declared in pyproject.toml recursively (extras and environment markers honoured), so the
 images install what was tested. Dev tools (pytest, the GCS emulator) are not runtime dependencies and
 are left out. torch is left out too: every image brings its own build (the CPU wheel, the CUDA
-base's, torch_xla's), chosen by the Dockerfile.
+base's), chosen by the Dockerfile.
 
     python containers/lock.py                # rewrite containers/constraints.txt (`make lock`)
     python containers/lock.py --check        # exit 1 when the file differs from this environment

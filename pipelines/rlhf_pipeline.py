@@ -93,8 +93,6 @@ def build_pipeline(target: str = "vertex"):
         evaluation_accelerator_count: int = 1,
         evaluation_cpu_limit: str = "8",
         evaluation_memory_limit: str = "32G",
-        tpu_accelerator_type: str = "TPU_V5_LITEPOD",
-        tpu_accelerator_count: int = 1,
         # Ours: serving (Vertex AI, when deploy_model).
         serving_container_image_uri: str = DEFAULT_SERVING_IMAGE,
         serving_container_args: list = [],
@@ -120,7 +118,7 @@ def build_pipeline(target: str = "vertex"):
           deploy_model: Upload the tuned model to the Vertex AI Model Registry and deploy it to an endpoint (Vertex AI only). Google's parameter.
           eval_dataset: Held-out prompts (JSONL, optionally with preference pairs and a `reference`): the tuned model is evaluated against its base on them when given. Google's parameter.
           project: Project for Vertex AI resources (model, endpoint, TensorBoard); default: the pipeline's project. Google's parameter.
-          accelerator_type: `GPU` or `TPU` for the training stages (TPU: Vertex AI only, with the TPU image). Google's parameter.
+          accelerator_type: `GPU` (Google's parameter, kept for compatibility): the trainers run on NVIDIA GPUs; `TPU` is refused before anything runs.
           location: Region for Vertex AI resources; default: the pipeline's region. Google's parameter.
           encryption_spec_key_name: Cloud KMS key for the model and endpoint the pipeline creates (`rlhf submit --encryption-spec-key-name` sets it too). Google's parameter.
           tensorboard_resource_id: Vertex AI TensorBoard (`projects/P/locations/L/tensorboards/ID`) that receives the training metrics; empty for none. Google's parameter.
@@ -141,12 +139,10 @@ def build_pipeline(target: str = "vertex"):
           reinforcement_learning_accelerator_count: GPUs for PPO (on a Kubeflow cluster: nvidia.com/gpu).
           reinforcement_learning_cpu_limit: CPUs for PPO.
           reinforcement_learning_memory_limit: Memory for PPO, e.g. 32G.
-          evaluation_accelerator_type: GPU for evaluation on Vertex AI (also when training runs on TPUs).
+          evaluation_accelerator_type: GPU for evaluation on Vertex AI.
           evaluation_accelerator_count: GPUs for evaluation.
           evaluation_cpu_limit: CPUs for evaluation.
           evaluation_memory_limit: Memory for evaluation, e.g. 32G.
-          tpu_accelerator_type: TPU for the training stages when accelerator_type is TPU (TPU_V5_LITEPOD, TPU_V3, ...).
-          tpu_accelerator_count: TPU chips for the training stages when accelerator_type is TPU.
           serving_container_image_uri: Serving container of the deployed model; the default (Vertex Model Garden's vLLM) loads the merged model from Cloud Storage.
           serving_container_args: Command line of a custom serving container; empty: vLLM's, for the default image.
           serving_machine_type: Machine of the endpoint, e.g. g2-standard-12 (one L4).
@@ -166,6 +162,7 @@ def build_pipeline(target: str = "vertex"):
             large_model_reference=large_model_reference,
             prompt_sequence_length=prompt_sequence_length,
             target_sequence_length=target_sequence_length,
+            accelerator_type=accelerator_type,
         ).set_display_name("Validate Inputs")
 
         reward = train_reward_model(
@@ -193,7 +190,7 @@ def build_pipeline(target: str = "vertex"):
             reward_model=reward.outputs["reward_model"],
             training_logs=policy.outputs["tensorboard_logs"],
             **stage_settings(EVALUATION, params),
-            **stage_hardware("evaluation", params, tpu=False),
+            **stage_hardware("evaluation", params),
         ).set_display_name("Evaluate Tuned Model")
 
         if upload_and_deploy is not None:

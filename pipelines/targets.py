@@ -1,8 +1,8 @@
 """Where a compiled pipeline runs, and how its tasks ask for hardware there.
 
-- `vertex`: Vertex AI Pipelines. Training tasks ask for the accelerator named by a pipeline parameter
-  (`NVIDIA_L4`, `NVIDIA_TESLA_A100`, `NVIDIA_H100_80GB`, ... or `TPU_V5_LITEPOD`), a count, and CPU and
-  memory limits; Vertex picks the smallest machine that fits them.
+- `vertex`: Vertex AI Pipelines. Training tasks ask for the GPU named by a pipeline parameter
+  (`NVIDIA_L4`, `NVIDIA_TESLA_A100`, `NVIDIA_H100_80GB`, ...), a count, and CPU and memory limits;
+  Vertex picks the smallest machine that fits them.
 - `kfp`: a Kubeflow Pipelines cluster. Training tasks ask for `nvidia.com/gpu` (the Kubernetes resource
   name; the GPU model is whatever the cluster's GPU nodes carry).
 - `kfp-cpu`: a Kubeflow Pipelines cluster without GPUs (a kind cluster on a laptop): CPU and memory
@@ -20,7 +20,6 @@ from kfp import dsl
 from kfp.dsl import PipelineTask
 from kfp.dsl.pipeline_channel import PipelineChannel
 
-from components.image import TPU_IMAGE
 from rlhf.credentials import HUB_TOKEN_SECRET_ENV
 from rlhf.pipeline_settings import Stage
 
@@ -59,9 +58,9 @@ def _register(task: PipelineTask, *values) -> None:
 
 def request_accelerator(task: PipelineTask, target: str, accelerator_type, accelerator_count,
                         cpu_limit=None, memory_limit=None, image: str | None = None) -> PipelineTask:
-    """Ask for `accelerator_count` accelerators plus CPU and memory (None: whatever the accelerator's
-    machine has) on `target`; values may be pipeline parameters. `image` replaces the component's
-    image (the TPU build of the trainer). Such a task loads models: it gets the hub-token secret."""
+    """Ask for `accelerator_count` GPUs plus CPU and memory (None: whatever the GPU's machine has) on
+    `target`; values may be pipeline parameters. `image` replaces the component's image (the CUDA
+    build). Such a task loads models: it gets the hub-token secret."""
     check_target(target)
     with_hub_token_secret(task)
     if target == "local":
@@ -89,48 +88,25 @@ def request_small_machine(task: PipelineTask, target: str) -> PipelineTask:
     return task
 
 
-def on_accelerators(target: str, make_task: Callable[[str], PipelineTask], *, accelerator_type,
-                    gpu_type, gpu_count, cpu_limit, memory_limit, tpu_type, tpu_count):
-    """Create a training task on the accelerators `accelerator_type` ('GPU' or 'TPU') asks for.
-
-    `make_task(kind)` creates the task (and whatever must follow it on the same branch) and returns
-    it; kind is 'gpu' or 'tpu'. On Vertex, whose tasks can run on either, that happens twice, under
-    `dsl.If(accelerator_type == 'TPU')` / `dsl.Else()` (the TPU task runs the TPU image); elsewhere
-    once, on GPUs. Returns `output(name)`, the task's output `name` from whichever branch ran (a
-    `dsl.OneOf`, which may only be returned from the enclosing pipeline).
-    """
-    check_target(target)
-    if target != "vertex":
-        task = request_accelerator(make_task("gpu"), target, gpu_type, gpu_count, cpu_limit, memory_limit)
-        return lambda name: task.outputs[name]
-    with dsl.If(accelerator_type == "TPU", name="On TPU"):
-        # A TPU host's CPUs and memory come with the TPU machine type Vertex picks for the chips.
-        # torch_xla is used only when asked for (rlhf.models.pick_device), so the TPU task asks.
-        tpu = request_accelerator(make_task("tpu").set_env_variable("RLHF_DEVICE", "xla"), target,
-                                  tpu_type, tpu_count, image=TPU_IMAGE)
-    with dsl.Else(name="On GPU"):
-        gpu = request_accelerator(make_task("gpu"), target, gpu_type, gpu_count, cpu_limit, memory_limit)
-    return lambda name: dsl.OneOf(tpu.outputs[name], gpu.outputs[name])
+def on_gpus(target: str, make_task: Callable[[str], PipelineTask], *, gpu_type, gpu_count, cpu_limit,
+            memory_limit):
+    """Create a training task (`make_task("gpu")`) on the GPUs its profile asks for; returns
+    `output(name)`, the task's output `name`."""
+    task = request_accelerator(make_task("gpu"), target, gpu_type, gpu_count, cpu_limit, memory_limit)
+    return lambda name: task.outputs[name]
 
 
 # -- one hardware profile per stage ------------------------------------------------------------------
 # A stage sub-pipeline is sized by these inputs; the pipeline fills them from its parameters with
-# `stage_hardware`. GPU-only stages (evaluation) take the first four.
+# `stage_hardware`.
 GPU_PROFILE = {"gpu_type": str, "gpu_count": int, "cpu_limit": str, "memory_limit": str}
-ACCELERATOR_PROFILE = {"accelerator_type": str, **GPU_PROFILE, "tpu_type": str, "tpu_count": int}
 
 
-def stage_hardware(prefix: str, params: Mapping[str, Any], tpu: bool = True) -> dict[str, Any]:
+def stage_hardware(prefix: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """The profile of stage `prefix` (e.g. `reward_model`) from the pipeline's parameters
-    `{prefix}_accelerator_type`, `_accelerator_count`, `_cpu_limit`, `_memory_limit`, and (`tpu`)
-    Google's `accelerator_type` with `tpu_accelerator_type` / `tpu_accelerator_count`."""
-    profile = {"gpu_type": params[f"{prefix}_accelerator_type"],
-               "gpu_count": params[f"{prefix}_accelerator_count"],
-               "cpu_limit": params[f"{prefix}_cpu_limit"], "memory_limit": params[f"{prefix}_memory_limit"]}
-    if tpu:
-        profile.update(accelerator_type=params["accelerator_type"], tpu_type=params["tpu_accelerator_type"],
-                       tpu_count=params["tpu_accelerator_count"])
-    return profile
+    `{prefix}_accelerator_type`, `_accelerator_count`, `_cpu_limit` and `_memory_limit`."""
+    return {"gpu_type": params[f"{prefix}_accelerator_type"], "gpu_count": params[f"{prefix}_accelerator_count"],
+            "cpu_limit": params[f"{prefix}_cpu_limit"], "memory_limit": params[f"{prefix}_memory_limit"]}
 
 
 def stage_settings(stage: Stage, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -179,16 +155,16 @@ def declared(types: Mapping[str, type]) -> list[inspect.Parameter]:
 
 def training_stage(target: str, component, *, name: str, description: str, display_name: str,
                    tensorboard_run: str, upload_display_name: str, outputs: type):
-    """A stage sub-pipeline that runs `component` on the accelerators its profile asks for (TPU or
-    GPU on Vertex AI, GPUs elsewhere) and uploads its TensorBoard logs; it takes the component's own
-    inputs plus the hardware profile, and returns `outputs` (a NamedTuple of the component's outputs)."""
+    """A stage sub-pipeline that runs `component` on the GPUs its profile asks for and uploads its
+    TensorBoard logs; it takes the component's own inputs plus the hardware profile, and returns
+    `outputs` (a NamedTuple of the component's outputs)."""
     from pipelines.tensorboard import upload_training_metrics
 
-    inputs = component_inputs(component) + declared({**ACCELERATOR_PROFILE, "tensorboard_resource_id": str})
+    inputs = component_inputs(component) + declared({**GPU_PROFILE, "tensorboard_resource_id": str})
 
     @sub_pipeline(name, description, inputs, returns=outputs)
     def pipeline(tensorboard_resource_id, **values):
-        hardware = {k: values.pop(k) for k in ACCELERATOR_PROFILE}
+        hardware = {k: values.pop(k) for k in GPU_PROFILE}
 
         def make_task(kind: str) -> PipelineTask:
             task = component(**values).set_display_name(f"{display_name} ({kind.upper()})")
@@ -196,7 +172,7 @@ def training_stage(target: str, component, *, name: str, description: str, displ
                                     display_name=upload_display_name)
             return task
 
-        output = on_accelerators(target, make_task, **hardware)
+        output = on_gpus(target, make_task, **hardware)
         return outputs(**{field: output(field) for field in outputs._fields})
 
     return pipeline

@@ -30,6 +30,7 @@ def validation_stage(target: str):
         large_model_reference: str,
         prompt_sequence_length: int,
         target_sequence_length: int,
+        accelerator_type: str,
         eval_dataset: Optional[str] = None,
         instruction: Optional[str] = None,
     ) -> ValidationOutputs:
@@ -41,6 +42,7 @@ def validation_stage(target: str):
             tokenizer=large_model_reference,  # token counts and truncation in the stats
             prompt_sequence_length=prompt_sequence_length,
             target_sequence_length=target_sequence_length,
+            accelerator_type=accelerator_type,  # refused here when it asks for what cannot run
         ).set_display_name("Validate datasets")
         request_small_machine(with_hub_token_secret(checked), target)  # it loads the tokenizer
         eval_given = is_given(value=eval_dataset).set_display_name("Eval dataset given?")

@@ -300,20 +300,19 @@ def _build_smollm2() -> Path:
 # ----------------------------------------------------------------------------------------------
 # Devices and dtypes
 
+# The torch_xla path never ran here (its wheel pins another torch, a multi-GB build), and code that
+# never ran is not shipped: TPUs are refused, with this message, wherever they can be asked for.
+TPU_REFUSED = ("TPUs are not supported: the trainers run on NVIDIA GPUs (or CPU). Use accelerator_type "
+               "GPU with a *_accelerator_type such as NVIDIA_L4, NVIDIA_A100_80GB or NVIDIA_H100_80GB")
+
 
 def pick_device(prefer: Optional[str] = None):
-    """The device to run on: ``prefer`` if given (``cpu``, ``cuda``, ``cuda:1``, ``xla``), else the
-    ``RLHF_DEVICE`` environment variable, else CUDA when available, else CPU. TPUs are used only when
-    asked for (``xla``) and torch_xla is installed."""
+    """The device to run on: ``prefer`` if given (``cpu``, ``cuda``, ``cuda:1``), else the
+    ``RLHF_DEVICE`` environment variable, else CUDA when available, else CPU."""
     import torch
     prefer = prefer or os.environ.get("RLHF_DEVICE") or None
     if prefer == "xla":
-        try:
-            import torch_xla.core.xla_model as xm  # noqa: F401  (only present on TPU images)
-        except ImportError:
-            raise UserError("device 'xla' asked for, but torch_xla is not installed: use the TPU "
-                            "image or pick cpu/cuda") from None
-        return xm.xla_device()
+        raise UserError(TPU_REFUSED)
     if prefer:
         device = torch.device(prefer)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -323,13 +322,11 @@ def pick_device(prefer: Optional[str] = None):
 
 
 def default_dtype(device):
-    """bf16 on CUDA (with SDPA) and TPU, fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
+    """bf16 on CUDA (with SDPA), fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
     import torch
     kind = getattr(device, "type", str(device))
     if kind == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if kind == "xla":
-        return torch.bfloat16
     return torch.float32
 
 

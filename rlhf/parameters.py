@@ -23,7 +23,7 @@ import yaml
 
 from rlhf import storage
 from rlhf.errors import UserError
-from rlhf.pipeline_settings import HARDWARE_STAGES, setting_problems
+from rlhf.pipeline_settings import HARDWARE_STAGES, accelerator_type_problem, setting_problems
 
 STRING, INTEGER, DOUBLE, BOOLEAN, LIST, STRUCT = (
     "STRING", "NUMBER_INTEGER", "NUMBER_DOUBLE", "BOOLEAN", "LIST", "STRUCT")
@@ -196,19 +196,14 @@ def gcs_uri_problem(uri: str) -> Optional[str]:
 
 def _hardware_rules() -> dict[str, Callable[[Any], Optional[str]]]:
     """The check of each hardware parameter: one profile per stage (`rlhf.pipeline_settings`), plus
-    Google's accelerator_type, the TPU and the serving machine."""
-    rules: dict[str, Callable[[Any], Optional[str]]] = {"accelerator_type": _choice("GPU", "TPU"),
-                                                        "tpu_accelerator_count": _count,
+    Google's accelerator_type and the serving machine."""
+    rules: dict[str, Callable[[Any], Optional[str]]] = {"accelerator_type": accelerator_type_problem,
                                                         "serving_accelerator_count": _count,
                                                         "serving_accelerator_type": _vertex_accelerator}
     for prefix in HARDWARE_STAGES:
         rules.update({f"{prefix}_accelerator_type": _vertex_accelerator, f"{prefix}_accelerator_count": _count,
                       f"{prefix}_cpu_limit": _cpu, f"{prefix}_memory_limit": _memory})
     return rules
-
-
-def _choice(*choices: str):
-    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}, got {value!r}"
 
 
 def _count(value) -> Optional[str]:

@@ -104,6 +104,14 @@ GOOGLE_DEFAULTS: dict[str, Any] = {
     "eval_dataset": None,
 }
 
+def accelerator_type_problem(value: str) -> Optional[str]:
+    """Google's `accelerator_type`: only GPU runs here (see rlhf.models.TPU_REFUSED)."""
+    if value == "GPU":
+        return None
+    from rlhf.models import TPU_REFUSED
+    return TPU_REFUSED if value == "TPU" else f"use GPU; {TPU_REFUSED}"
+
+
 # Stages whose machines the pipeline sizes with `{prefix}_accelerator_type`, `_accelerator_count`,
 # `_cpu_limit` and `_memory_limit` parameters.
 HARDWARE_STAGES = ("reward_model", "reinforcement_learning", "evaluation")

@@ -116,11 +116,11 @@ def seed() -> Any:
 
 
 def device() -> Any:
-    return setting("", "cpu, cuda, cuda:N or xla; empty: $RLHF_DEVICE, else CUDA when present, else CPU")
+    return setting("", "cpu, cuda or cuda:N; empty: $RLHF_DEVICE, else CUDA when present, else CPU")
 
 
 def dtype() -> Any:
-    return setting("auto", "base weights: auto (bf16 on GPU/TPU, fp32 on CPU), bf16, fp16 or fp32; "
+    return setting("auto", "base weights: auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32; "
                            "adapters train in fp32", one_of("auto", "bf16", "fp16", "fp32"))
 
 

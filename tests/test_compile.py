@@ -206,15 +206,13 @@ def _resources(spec: dict) -> dict[str, dict]:
     return {name: e["container"].get("resources", {}) for name, e in spec["deploymentSpec"]["executors"].items()}
 
 
-def test_vertex_training_asks_for_the_parameterized_gpus_or_tpus(compiled):
+def test_vertex_training_asks_for_the_parameterized_gpus(compiled):
     executors = compiled["vertex"]["deploymentSpec"]["executors"]
     trainers = {name: e["container"] for name, e in executors.items()
                 if name.startswith(("exec-train", "exec-tune", "exec-evaluate"))}
     assert trainers
     images = {c["image"].rsplit("/", 1)[1].split(":")[0] for c in trainers.values()}
-    assert images == {"rlhf-gpu", "rlhf-tpu"}
-    tpu = [c for c in trainers.values() if "rlhf-tpu" in c["image"]]
-    assert len(tpu) == 2 and all("resourceCpuLimit" not in c["resources"] for c in tpu)
+    assert images == {"rlhf-gpu"}
     for container in trainers.values():
         accelerator = container["resources"]["accelerator"]
         # the accelerator comes from a pipeline parameter, never a constant
@@ -223,14 +221,12 @@ def test_vertex_training_asks_for_the_parameterized_gpus_or_tpus(compiled):
     assert small and all("accelerator" not in r and r.get("resourceCpuLimit") for r in small)
 
 
-def test_kfp_training_asks_for_nvidia_gpus_and_never_tpus(compiled):
+def test_kfp_training_asks_for_nvidia_gpus(compiled):
     resources = _resources(compiled["kfp"])
     trainers = {name: r for name, r in resources.items()
                 if name.startswith(("exec-train", "exec-tune", "exec-evaluate"))}
     assert len(trainers) == 3
     assert all(r["accelerator"]["resourceType"] == "nvidia.com/gpu" for r in trainers.values())
-    images = {e["container"]["image"] for e in compiled["kfp"]["deploymentSpec"]["executors"].values()}
-    assert not any("rlhf-tpu" in image for image in images)
     assert "upload" not in json.dumps(compiled["kfp"]["components"])  # no Vertex-only tasks
 
 
@@ -246,7 +242,7 @@ def test_images_follow_the_package_version_and_the_registry_override(tmp_path):
     from rlhf import __version__
     spec = _compile(tmp_path, "vertex", "--image-registry", "europe-docker.pkg.dev/acme/rlhf")
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    assert images == {f"europe-docker.pkg.dev/acme/rlhf/rlhf-{kind}:{__version__}" for kind in ("cpu", "gpu", "tpu")}
+    assert images == {f"europe-docker.pkg.dev/acme/rlhf/rlhf-{kind}:{__version__}" for kind in ("cpu", "gpu")}
     spec = _compile(tmp_path, "kfp", env=_clean_env(RLHF_GPU_IMAGE="registry.local/trainer@sha256:abc"))
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert "registry.local/trainer@sha256:abc" in images

@@ -91,7 +91,7 @@ def _run_in_kfp(code: str, tmp_path: Path, docker_host: str, image: str) -> subp
         from components import validate
         from rlhf.pipeline_settings import VALIDATION
         # The settings the pipeline would pass, at their defaults (a call may override them).
-        validate_data = functools.partial(validate.validate_data, **VALIDATION.defaults())
+        validate_data = functools.partial(validate.validate_data, **VALIDATION.defaults(), accelerator_type="GPU")
         # No network in the container: the image alone must hold everything a step needs.
         kfp.local.init(runner=kfp.local.DockerRunner(network_mode="none"),
                        pipeline_root={str(tmp_path / "root")!r})

@@ -60,7 +60,7 @@ def test_vertex_submit_sends_the_template_values_and_options(templates, vertex, 
     args = _vertex_args(
         templates["vertex"], vertex, *GOOD, "--parameter-file", str(params),
         "--parameter", "reward_model_train_steps=300",  # overrides the file
-        "--parameter", "accelerator_type=TPU",
+        "--parameter", "accelerator_type=GPU",
         "--network", "projects/123/global/networks/vpc",
         "--encryption-spec-key-name", KMS_KEY, "--label", "team=nlp", "--label", "run=test-1",
         "--display-name", "my-rlhf-run", "--no-cache")
@@ -84,7 +84,7 @@ def test_vertex_submit_sends_the_template_values_and_options(templates, vertex, 
         "kl_coeff": 0.2,
         "deploy_model": False,
         "instruction": "Summarize in less than 50 words.",
-        "accelerator_type": "TPU",
+        "accelerator_type": "GPU",
         # the run's CMEK key also encrypts what the pipeline creates, unless given as a parameter
         "encryption_spec_key_name": KMS_KEY,
     }
@@ -182,7 +182,8 @@ def test_kfp_submit_sends_the_run_to_the_v2beta1_api(templates, kfp_api, tmp_pat
     (["--parameter", "eval_dataset=gs:/bucket/eval.jsonl"], "malformed Cloud Storage URI"),
     (["--parameter", "eval_dataset=gs://Bad_Bucket!/eval.jsonl"], "not a valid bucket name"),
     (["--parameter", "eval_dataset=data/eval.jsonl"], "a path on this machine"),
-    (["--parameter", "accelerator_type=FPGA"], "must be one of GPU, TPU"),
+    (["--parameter", "accelerator_type=FPGA"], "use GPU; TPUs are not supported"),
+    (["--parameter", "accelerator_type=TPU"], "TPUs are not supported: the trainers run on NVIDIA GPUs"),
     (["--parameter", "reward_model_accelerator_type=NVIDIA_L5"], "did you mean 'NVIDIA_L4'"),
     (["--parameter", "reward_model_memory_limit=32 GB"], "amount of memory"),
     (["--parameter", "evaluation_cpu_limit=eight"], "number of CPUs"),

@@ -31,7 +31,7 @@ def local_runner(tmp_path, monkeypatch):
     from rlhf.pipeline_settings import VALIDATION
 
     # The settings the pipeline would pass, at their defaults (a call may override them).
-    return functools.partial(validate_data, **VALIDATION.defaults())
+    return functools.partial(validate_data, **VALIDATION.defaults(), accelerator_type="GPU")
 
 
 def write(path: Path, rows) -> str:
@@ -78,6 +78,14 @@ def test_invalid_data_fails_the_task_with_the_problems_in_the_log(local_runner, 
     assert written == []
 
 
+def test_an_accelerator_the_trainers_cannot_use_fails_validation_before_any_is_paid_for(local_runner, tmp_path,
+                                                                                         capfd):
+    pref = write(tmp_path / "pref.jsonl", [{"input_text": "p", "candidate_0": "a", "candidate_1": "b", "choice": 1}])
+    with pytest.raises(RuntimeError):
+        local_runner(preference_dataset=pref, accelerator_type="TPU")
+    assert "accelerator_type 'TPU': TPUs are not supported" in "".join(capfd.readouterr())
+
+
 def test_component_compiles_with_its_inputs_and_outputs(tmp_path):
     import yaml
     from kfp import compiler
@@ -91,7 +99,7 @@ def test_component_compiles_with_its_inputs_and_outputs(tmp_path):
     [component] = spec["components"].values()
     assert set(component["inputDefinitions"]["parameters"]) == {
         "preference_dataset", "prompt_dataset", "eval_dataset", "instruction", "tokenizer",
-        "prompt_sequence_length", "target_sequence_length"}
+        "prompt_sequence_length", "target_sequence_length", "accelerator_type"}
     outputs = {k: v["artifactType"]["schemaTitle"] for k, v in component["outputDefinitions"]["artifacts"].items()}
     assert outputs == {"preference_data": "system.Dataset", "prompt_data": "system.Dataset",
                        "eval_data": "system.Dataset", "stats": "system.Artifact",

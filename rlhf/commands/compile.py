@@ -12,7 +12,7 @@ DEFAULT_OUTPUT = "rlhf_pipeline.yaml"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=("vertex", "kfp"), default="vertex",
-                        help="vertex: accelerators by Vertex name (NVIDIA_L4, TPU_V5_LITEPOD, ...), upload and "
+                        help="vertex: GPUs by Vertex name (NVIDIA_L4, NVIDIA_H100_80GB, ...), upload and "
                              "deploy; kfp: nvidia.com/gpu on a Kubeflow cluster, no deploy (default: vertex)")
     parser.add_argument("--no-gpu", action="store_true",
                         help="with --target kfp: request no GPUs (a cluster without GPU nodes, e.g. kind)")
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-parameters", action="store_true",
                         help="also print a Markdown table of every pipeline parameter (type, default, meaning)")
     parser.add_argument("--image-registry", metavar="REGISTRY",
-                        help="registry holding the rlhf-cpu/-gpu/-tpu images, e.g. "
+                        help="registry holding the rlhf-cpu and rlhf-gpu images, e.g. "
                              "us-central1-docker.pkg.dev/PROJECT/rlhf (default: $RLHF_IMAGE_REGISTRY "
                              "or the project's registry); images are tagged with the package version")
 
@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
         check_secret_version_name(args.hub_token_secret, "--hub-token-secret")
         os.environ[HUB_TOKEN_SECRET_ENV] = args.hub_token_secret  # read by pipelines.targets
     path = compile_pipeline(target, args.output)
-    from components.image import IMAGE, TPU_IMAGE, TRAINER_IMAGE
+    from components.image import IMAGE, TRAINER_IMAGE
     print(f"wrote {path} (target: {target})")
-    print(f"images: {IMAGE}, {TRAINER_IMAGE}" + (f", {TPU_IMAGE}" if args.target == "vertex" else ""))
+    print(f"images: {IMAGE}, {TRAINER_IMAGE}")
     if args.list_parameters:
         from pipelines.rlhf_pipeline import build_pipeline
         from rlhf.parameters import load_template, parameter_table

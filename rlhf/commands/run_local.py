@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.template)
     template = template_of(pipeline, args.template)
     if template.target == "vertex":
-        # Its GPU/TPU branches hand artifacts on with dsl.OneOf, which kfp's local runner cannot do.
+        # Its deploy-or-skip branches hand outputs on with dsl.OneOf, which kfp's local runner cannot do.
         raise UserError(f"--template {args.template} was compiled for Vertex AI; kfp's local runner cannot "
                         f"run it: compile one with `rlhf compile --target kfp`, or leave out --template")
     values = parameter_values(args, template)

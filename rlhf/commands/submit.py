@@ -84,9 +84,6 @@ def run(args: argparse.Namespace) -> int:
     labels = submit.parse_labels(args.label)
     values = parameters.resolve_parameters(template, args.parameter_file, args.parameter,
                                            remote="kfp" if args.kfp_host else "vertex")
-    if args.kfp_host and values.get("accelerator_type") == "TPU":
-        raise UserError("accelerator_type=TPU: the Kubeflow Pipelines build requests NVIDIA GPUs "
-                        "(nvidia.com/gpu) only; use GPU, or submit the Vertex build to Vertex AI")
     if (args.encryption_spec_key_name and "encryption_spec_key_name" in template.parameters
             and not values.get("encryption_spec_key_name")):
         values["encryption_spec_key_name"] = args.encryption_spec_key_name

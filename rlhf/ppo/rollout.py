@@ -87,13 +87,6 @@ def sample(logits: torch.Tensor) -> torch.Tensor:
     return probs.div_(torch.empty_like(probs).exponential_()).argmax(-1)
 
 
-def _mark_step(device: torch.device) -> None:
-    # torch_xla builds a graph lazily; cut it once per decoded token (each step has its own shape).
-    if device.type == "xla":
-        import torch_xla.core.xla_model as xm
-        xm.mark_step()
-
-
 @torch.no_grad()
 def generate(model: SharedBaseModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
              max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
@@ -123,7 +116,6 @@ def generate(model: SharedBaseModel, prompt_ids: torch.Tensor, prompt_mask: torc
             values.append(model.values_from_hidden(h))
         active.append(~done)
         done = done | (token == eos_token_id)
-        _mark_step(device)
         if bool(done.all()) or step + 1 == max_new_tokens:
             break
         hidden, cache = model.hidden_states(token[:, None], mask[:, :width + step + 1], next_position,

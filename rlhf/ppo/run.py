@@ -8,9 +8,7 @@ Devices, chosen at run time (`--device`, else `RLHF_DEVICE`, else CUDA when pres
 `rlhf.models.pick_device`):
 - CPU: fp32.
 - CUDA: bf16 weights (fp32 adapters, value head and softmax statistics) with SDPA attention.
-- TPU: `--device xla` (or `RLHF_DEVICE=xla`) with torch_xla installed runs the same code; the lazy
-  graph is cut once per decoded token and once per optimizer step (`xm.mark_step`), and each
-  response length compiles once. Not testable here; kept to those two calls.
+- TPU: refused (`rlhf.models.TPU_REFUSED`): the torch_xla path could not be run and tested here.
 - Several GPUs: `torchrun --nproc_per_node N -m rlhf tune ...` (data parallel, see
   `rlhf.ppo.distributed`).
 """

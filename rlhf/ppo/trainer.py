@@ -246,7 +246,6 @@ class PPOTrainer:
                 norms.append(float(norm))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                self._mark_step()
         out = {k: v / max(count, 1) for k, v in sums.items()}
         out["optim/grad_norm"] = sum(norms) / max(len(norms), 1)
         out["optim/lr"] = self.optimizer.param_groups[0]["lr"]
@@ -280,11 +279,6 @@ class PPOTrainer:
             if p.grad is not None:
                 dist.all_reduce(p.grad)
                 p.grad /= self.world_size
-
-    def _mark_step(self) -> None:
-        if self.device.type == "xla":
-            import torch_xla.core.xla_model as xm
-            xm.mark_step()
 
     # -- samples --------------------------------------------------------------------------------
 
