@@ -169,7 +169,7 @@ def ours_worker(spec: dict, value_model: str = "head") -> dict:
     cpu_seconds = sum(r["time/process_cpu_s"] for r in timed)
     tokens = sum(r["response/length"] * spec["batch_size"] for r in timed)
     split = {k: sum(r[k] for r in timed) / len(timed) for k in
-             ("time/generation_s", "time/reference_s", "time/value_s", "time/scoring_s", "time/training_s")}
+             ("time/generation_s", "time/old_policy_s", "time/reference_s", "time/scoring_s", "time/training_s")}
     return {"episodes_per_s": len(timed) * spec["batch_size"] / seconds, "tokens_per_s": tokens / seconds,
             "step_s": seconds / len(timed), "cpu_s_per_step": cpu_seconds / len(timed), "split": split,
             "peak_rss_mb": peak_rss_mb(),

@@ -31,7 +31,7 @@ def evaluate_model(
     report, a Markdown summary and `eval/...` metrics. Warns loudly on signs of reward hacking.
     `training_logs`: the PPO metrics.jsonl or TensorBoard logs, for the curves. Other settings take
     `EvalConfig`'s defaults (`rlhf evaluate` sets them all)."""
-    from rlhf import storage
+    from rlhf import launch, storage
     from rlhf.evaluate.run import EvalOutputs, evaluate
     from rlhf.pipeline_settings import EVALUATION
 
@@ -41,8 +41,9 @@ def evaluate_model(
         "large_model_reference": large_model_reference, "instruction": instruction,
         "prompt_sequence_length": prompt_sequence_length, "target_sequence_length": target_sequence_length,
         "batch_size": batch_size, "max_examples": max_examples, "seed": seed})
-    result = evaluate(config, EvalOutputs(predictions_dir=predictions.path, report_html=report.path,
-                                          summary_md=summary.path, metrics_json=metrics.path))
+    result = launch.run(evaluate, config, EvalOutputs(  # one process per GPU the task was given
+        predictions_dir=predictions.path, report_html=report.path, summary_md=summary.path,
+        metrics_json=metrics.path))
     for name, value in storage.read_json(metrics.path).items():
         metrics.log_metric(name, value)
     print(result.summary)

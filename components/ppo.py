@@ -34,7 +34,7 @@ def tune_policy(
     "adaptive_kl": true})."""
     import os
 
-    from rlhf import storage
+    from rlhf import launch, storage
     from rlhf.pipeline_settings import REINFORCEMENT_LEARNING
     from rlhf.ppo.outputs import export_artifacts
     from rlhf.ppo.run import tune
@@ -47,7 +47,7 @@ def tune_policy(
         "reinforcement_learning_train_steps": reinforcement_learning_train_steps,
         "reinforcement_learning_rate_multiplier": reinforcement_learning_rate_multiplier,
         "kl_coeff": kl_coeff, "batch_size": batch_size, "seed": seed}, options)
-    summary = tune(config)
+    summary = launch.run(tune, config)  # one process per GPU the task was given
     export_artifacts(run_dir, policy_adapter.path, tensorboard_logs.path, samples.path)
     for name, value in summary.items():
         metrics.log_metric(name, value)

@@ -32,7 +32,7 @@ def train_reward_model(
     `rlhf.reward`); a preempted task restarted on the same output resumes from its checkpoint.
     Settings default in `RewardConfig`, never here; `options` sets any field the pipeline has no
     parameter for (e.g. {"margin": 0.5, "checkpoint_every": 50})."""
-    from rlhf import storage
+    from rlhf import launch, storage
     from rlhf.pipeline_settings import REWARD_MODEL
     from rlhf.reward.metrics import LABELS, scalar_metrics
     from rlhf.reward.train import train_reward_model as train
@@ -47,7 +47,7 @@ def train_reward_model(
         "reward_model_learning_rate_multiplier": reward_model_learning_rate_multiplier,
         "reward_lora_dim": reward_lora_dim, "batch_size": batch_size,
         "gradient_accumulation_steps": gradient_accumulation_steps, "seed": seed}, options)
-    result = train(config)
+    result = launch.run(train, config)  # one process per GPU the task was given
     scalars = scalar_metrics(result.metrics)
     for name, value in scalars.items():
         metrics.log_metric(name, value)

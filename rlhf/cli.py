@@ -24,6 +24,7 @@ COMMANDS = {
     "tune": "tune",
     "evaluate": "evaluate",
     "submit": "submit",
+    "plan": "plan",
 }
 
 

@@ -326,7 +326,8 @@ def default_dtype(device):
     import torch
     kind = getattr(device, "type", str(device))
     if kind == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # fp16 without loss scaling overflows in training (refused there): fp32 on GPUs without bf16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return torch.float32
 
 

@@ -298,6 +298,10 @@ def check_parameters(template: Template, values: Mapping[str, Any], sources: Map
         every.update(out)
         for name, problem in setting_problems(every):
             problems.append(f"{sources.get(name) or template.path}: {problem}")
+        if not problems:  # does the model fit each GPU stage? (rlhf.memory_plan; aliases and local configs)
+            from rlhf.memory_plan import pipeline_problems
+            for name, problem in pipeline_problems(every):
+                problems.append(f"{sources.get(name) or template.path}: {problem}")
     for name, param in params.items():
         if param.required and name not in values:
             problems.append(f"{template.path}: required parameter {name!r} has no value: "

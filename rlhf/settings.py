@@ -6,8 +6,8 @@ from `Settings`, which gives every config the same `problems()` / `validate()` p
 format, and the same ways in: command-line flags (`add_arguments` / `from_args`) and loosely typed
 dicts (`from_dict`, for a KFP `dict` parameter that turns 32 into 32.0).
 
-Settings that several steps share (sequence lengths, the instruction, the seed, the device) are
-declared once below and used by each step's config, so their defaults cannot drift apart.
+Settings that several steps share (sequence lengths, the instruction, the seed, the device, the number
+of devices) are declared once below and used by each step's config, so their defaults cannot drift apart.
 
 Strings use "" for "not given" everywhere (None from an unset optional pipeline parameter becomes "").
 """
@@ -119,9 +119,23 @@ def device() -> Any:
     return setting("", "cpu, cuda or cuda:N; empty: $RLHF_DEVICE, else CUDA when present, else CPU")
 
 
+def devices() -> Any:
+    return setting(None, "processes that run this step, one per GPU (data parallel, started by rlhf.launch); "
+                         "empty: every visible GPU, 1 on CPU or with a device named; on CPU, N gloo "
+                         "processes. Not part of the resume fingerprint: a restart may use another "
+                         "count", positive)
+
+
 def dtype() -> Any:
     return setting("auto", "base weights: auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32; "
                            "adapters train in fp32", one_of("auto", "bf16", "fp16", "fp32"))
+
+
+# The training steps refuse fp16 (evaluation, inference only, takes it): their configs' cross-checks
+# and the model builders raise this.
+FP16_REFUSED = ("fp16 is refused for training: without loss scaling (not implemented here), fp16's "
+                "5-bit exponent overflows into NaN losses or underflows into lost gradients; use bf16 "
+                "(the same memory, fp32's range) or fp32 (on a GPU without bf16, e.g. V100 or T4)")
 
 
 def use_chat_template() -> Any:

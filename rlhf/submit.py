@@ -1,7 +1,9 @@
 """Submit a compiled pipeline to Vertex AI Pipelines or to a Kubeflow Pipelines cluster.
 
 Plain functions over the official clients (`google.cloud.aiplatform.PipelineJob`, `kfp.Client`).
-Parameter values are expected to be checked already (`rlhf.parameters.resolve_parameters`).
+Parameter values are expected to be checked already (`rlhf.parameters.resolve_parameters`), and
+what the run needs in the cloud by `preflight(...)` (images, datasets, the pipeline-root bucket, the
+service account; `rlhf.preflight`, re-exported here), as `rlhf submit` does before sending.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from rlhf.errors import UserError
+from rlhf.preflight import Problem, preflight
+
+__all__ = ["Problem", "SubmittedRun", "parse_labels", "preflight", "submit_to_kfp", "submit_to_vertex"]
 
 log = logging.getLogger(__name__)
 

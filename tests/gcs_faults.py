@@ -2,8 +2,10 @@
 
 Point STORAGE_EMULATOR_HOST at `proxy.host` and every Cloud Storage request passes through it;
 `proxy.fail(...)` makes the next matching requests fail (an HTTP error with a Cloud Storage JSON
-error body, a dropped connection, or a delay), everything else is forwarded unchanged. The Host
-header is forwarded as is, so the URLs the emulator hands out (resumable uploads) lead back here.
+error body, a dropped connection, or a delay), `proxy.answer(...)` gives them a canned JSON reply
+(e.g. a bucket `testIamPermissions` that grants less than the emulator's allow-all stub);
+everything else is forwarded unchanged. The Host header is forwarded as is, so the URLs the
+emulator hands out (resumable uploads) lead back here.
 
     with FaultProxy(gcs_emulator.host) as proxy:
         proxy.fail(503, times=2, method="GET", path=DOWNLOAD)
@@ -29,6 +31,7 @@ DOWNLOAD = r"^/download/"           # object media reads (one per chunk)
 UPLOAD = r"^/upload/"               # object uploads (multipart or resumable)
 LIST = r"^/storage/v1/b/[^/]+/o(\?|$)"  # object listing
 METADATA = r"^/storage/v1/b/[^/]+/o/[^?]+"  # object metadata (reload, exists)
+BUCKET_IAM_TEST = r"^/storage/v1/b/[^/]+/iam/testPermissions"  # bucket testIamPermissions
 
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
                "trailers", "transfer-encoding", "upgrade", "content-length"}
@@ -45,6 +48,7 @@ class Fault:
     delay: float = 0.0        # seconds to wait first (a "timeout" when > the client's timeout)
     message: str = ""
     injected: int = 0
+    payload: dict | None = None  # a canned JSON reply (answer()) instead of an error body
 
     def matches(self, method: str, path: str) -> bool:
         return ((self.times is None or self.injected < self.times)
@@ -77,6 +81,14 @@ class FaultProxy:
              path: str | None = None, delay: float = 0.0, message: str = "") -> Fault:
         fault = Fault(status, times, method, path, delay,
                       message or f"injected {status or 'dropped connection'}")
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def answer(self, payload: dict, status: int = 200, times: int | None = None,
+               method: str | None = None, path: str | None = None) -> Fault:
+        """Reply `payload` (JSON) to matching requests instead of forwarding them."""
+        fault = Fault(status, times, method, path, payload=payload)
         with self._lock:
             self.faults.append(fault)
         return fault
@@ -164,6 +176,10 @@ class FaultProxy:
                                                struct.pack("ii", 1, 0))
                     self.close_connection = True
                     proxy._record(self.command, self.path, 0, 0)
+                    return
+                if fault is not None and fault.payload is not None:
+                    self._reply(fault.status, [("Content-Type", "application/json")],
+                                json.dumps(fault.payload).encode())
                     return
                 if fault is not None and fault.status:
                     payload = json.dumps({"error": {

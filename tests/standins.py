@@ -1,8 +1,9 @@
-"""Local HTTP stand-ins of the Vertex AI and Kubeflow Pipelines REST APIs.
+"""Local HTTP stand-ins of the Vertex AI and Kubeflow Pipelines REST APIs, of a container registry
+(Docker Registry HTTP API v2 manifests, with the Bearer token dance) and of IAM's service accounts.
 
 They answer just enough of each API for the real clients (`google.cloud.aiplatform` with
 `api_transport="rest"`, `kfp.Client`) to submit a run, poll it, upload a model and deploy it, and
-they record every request (method, path, query, JSON body) so a test can assert on exactly what
+they record every request (method, path, query, JSON body, headers) so a test can assert on exactly what
 was sent. Each runs in a thread on a free 127.0.0.1 port:
 
     with VertexStandIn() as vertex:
@@ -16,7 +17,7 @@ import json
 import re
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -28,6 +29,7 @@ class Request:
     path: str
     query: dict[str, list[str]]
     body: Any
+    headers: dict[str, str] = field(default_factory=dict)  # names lowercased
 
 
 @dataclass
@@ -65,22 +67,28 @@ class StandIn:
             body = json.loads(raw) if raw else None
         except json.JSONDecodeError:
             body = raw.decode("utf-8", "replace")
-        request = Request(method, parts.path, parse_qs(parts.query), body)
+        request = Request(method, parts.path, parse_qs(parts.query), body,
+                          {k.lower(): v for k, v in handler.headers.items()})
         self.requests.append(request)
+        headers: dict[str, str] = {}
         for route in self._routes:
             match = route.pattern.match(parts.path)
             if route.method == method and match:
-                status, payload = route.handler(request, *match.groups())
+                status, payload, *extra = route.handler(request, *match.groups())
+                headers = extra[0] if extra else {}  # a handler may add response headers
                 break
         else:
             status, payload = 404, {"error": {"code": 404, "message": f"no stand-in route for {method} {parts.path}",
                                                "status": "NOT_FOUND"}}
         data = json.dumps(payload).encode()
         handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Type", headers.pop("Content-Type", "application/json"))
+        for name, value in headers.items():
+            handler.send_header(name, value)
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
-        handler.wfile.write(data)
+        if method != "HEAD":
+            handler.wfile.write(data)
 
     def start(self) -> "StandIn":
         outer = self
@@ -88,6 +96,9 @@ class StandIn:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 outer._handle(self, "GET")
+
+            def do_HEAD(self):
+                outer._handle(self, "HEAD")
 
             def do_POST(self):
                 outer._handle(self, "POST")
@@ -102,7 +113,8 @@ class StandIn:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)  # stop() waits up to one poll
         self._thread.start()
         return self
 
@@ -240,3 +252,90 @@ class KfpStandIn(StandIn):
 
     def _get_run(self, request, run_id):
         return 200, dict(self.runs[run_id], state=self.final_state, finished_at="2024-01-01T00:01:00Z")
+
+
+class RegistryStandIn(StandIn):
+    """The Docker Registry HTTP API v2 manifest endpoint, `HEAD`/`GET /v2/<name>/manifests/<ref>`,
+    holding `images` ("REPOSITORY:TAG" or "REPOSITORY@DIGEST", without the host).
+
+    auth="none": anyone may read. auth="token": a request without a token it issued gets 401 with
+    `WWW-Authenticate: Bearer realm="<url>/token",service="standin-registry",scope="repository:R:pull"`
+    (Docker Hub's answer); `GET /token` hands out an anonymous pull token that reads the repositories
+    in `public` (default: every repository holding an image) and nothing else, so a private or
+    missing repository gets 401 again, as on Docker Hub. `access_tokens`: bearer tokens accepted as
+    they are (Artifact Registry takes the caller's Google access token)."""
+
+    SERVICE = "standin-registry"
+
+    def __init__(self, images=(), auth: str = "none", public=None, access_tokens=()):
+        super().__init__()
+        self.images = set(images)
+        self.auth = auth
+        self.public = set(public) if public is not None else {self._repository(i) for i in self.images}
+        self.access_tokens = set(access_tokens)
+        for method in ("HEAD", "GET"):
+            self.route(method, r"/v2/(.+)/manifests/([^/]+)", self._manifest)
+        self.route("GET", r"/token", self._token)
+
+    @staticmethod
+    def _repository(image: str) -> str:
+        return image.split("@")[0] if "@" in image else image.rsplit(":", 1)[0]
+
+    def _manifest(self, request, repository, reference):
+        reference = unquote(reference)
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        allowed = (self.auth == "none" or bearer in self.access_tokens
+                   or (bearer.startswith("anon:") and bearer[len("anon:"):] in self.public
+                       and bearer[len("anon:"):] == repository))
+        if not allowed:
+            challenge = (f'Bearer realm="{self.url}/token",service="{self.SERVICE}",'
+                         f'scope="repository:{repository}:pull"')
+            return 401, {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}, \
+                {"WWW-Authenticate": challenge}
+        separator = "@" if reference.startswith("sha256:") else ":"
+        if f"{repository}{separator}{reference}" not in self.images:
+            return 404, {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}
+        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
+        return 200, manifest, {"Content-Type": "application/vnd.oci.image.index.v1+json",
+                               "Docker-Content-Digest": "sha256:" + "0" * 64}
+
+    def _token(self, request):
+        scope = (request.query.get("scope") or [""])[0]  # repository:NAME:pull
+        repository = scope.split(":")[1] if scope.count(":") >= 2 else ""
+        if (request.query.get("service") or [""])[0] != self.SERVICE:
+            return 400, {"errors": [{"code": "DENIED", "message": "unknown service"}]}
+        return 200, {"token": f"anon:{repository}" if repository in self.public else "anon:-"}
+
+
+class IamStandIn(StandIn):
+    """IAM's service accounts: `GET /v1/projects/-/serviceAccounts/EMAIL` and
+    `POST /v1/projects/-/serviceAccounts/EMAIL:testIamPermissions`. `accounts` maps each existing
+    account to the permissions the caller holds on it; testIamPermissions answers, as IAM does, the
+    asked permissions the caller holds (an empty answer is `{}`)."""
+
+    def __init__(self, accounts: Optional[dict[str, set[str]]] = None):
+        super().__init__()
+        self.accounts = {email: set(perms) for email, perms in (accounts or {}).items()}
+        base = r"/v1/projects/([^/]+)/serviceAccounts/([^/:]+)"
+        self.route("GET", base, self._get)
+        self.route("POST", base + r":testIamPermissions", self._test_permissions)
+
+    @staticmethod
+    def _missing(email):
+        return 404, {"error": {"code": 404, "message": f"Unknown service account {email}", "status": "NOT_FOUND"}}
+
+    def _get(self, request, project, email):
+        email = unquote(email)
+        if email not in self.accounts:
+            return self._missing(email)
+        account_project = email.split("@")[1].split(".")[0]
+        return 200, {"name": f"projects/{account_project}/serviceAccounts/{email}", "email": email,
+                     "projectId": account_project, "uniqueId": "1" + str(abs(hash(email)))[:20]}
+
+    def _test_permissions(self, request, project, email):
+        email = unquote(email)
+        if email not in self.accounts:
+            return self._missing(email)
+        asked = (request.body or {}).get("permissions", [])
+        held = [p for p in asked if p in self.accounts[email]]
+        return 200, {"permissions": held} if held else {}

@@ -2,6 +2,7 @@
 skips the reference, NaN stops the run, outputs, and exact resume after a kill."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -32,12 +33,12 @@ class IdTokenizer:
         return " ".join(str(i) for i in ids if not (skip_special_tokens and i == EOS))
 
 
-def tiny_model(vocab=16, seed=0, init=0.1, value_model="head"):
+def tiny_model(vocab=16, seed=0, init=0.1, value_model="head", dtype=torch.float32):
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                       tie_word_embeddings=True, initializer_range=init)  # no pad_token_id: it would zero EOS's embedding
-    lm = AutoModelForCausalLM.from_config(cfg)
+    lm = AutoModelForCausalLM.from_config(cfg).to(dtype)
     return SharedBaseModel(lm, lora_rank=8, lora_alpha=16, lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
                            value_model=value_model)
 
@@ -83,6 +84,22 @@ def test_reward_rises_kl_stays_bounded_and_only_adapters_move(tmp_path):
         assert changed == (name in trainable), name
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(1, 17))
+
+
+@pytest.mark.parametrize("value_model", ["head", "adapter"])
+def test_bf16_base_trains_a_few_steps_with_fp32_adapters(tmp_path, value_model):
+    """The same code as on a GPU in bf16: a bf16 base with fp32 LoRA and value head runs the whole
+    step (rollout, old policy, reference, update) and only the adapters move."""
+    model = tiny_model(value_model=value_model, dtype=torch.bfloat16)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = toy_config(reinforcement_learning_train_steps=3, ppo_epochs=2, ent_coef=0.01, gradient_accumulation_steps=2)
+    trainer = PPOTrainer(cfg, model, IdTokenizer(), toy_prompts(), shorter_is_better, OutputLayout(str(tmp_path)))
+    trainer.train()
+    assert all(math.isfinite(v) for row in trainer.tracker.history for v in row.values() if isinstance(v, float))
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert moved == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(p.dtype == torch.float32 for p in model.trainable_parameters())
 
 
 def test_value_adapter_variant_with_entropy_bonus_trains_both_adapters(tmp_path):
@@ -211,6 +228,17 @@ def test_tune_cli_writes_a_loadable_adapter_metrics_and_samples(tiny_setup, tmp_
         assert not torch.allclose(merged(ids).logits, plain(ids).logits, atol=1e-4)
 
 
+def test_tune_cli_runs_in_bf16(tiny_setup, tmp_path):
+    """`rlhf tune --dtype bf16` end to end (bf16 base, the reward adapter on it, fp32 adapters)."""
+    from rlhf import cli
+    out = tmp_path / "run"
+    assert cli.main(tune_args(tiny_setup, out, 2, ["--dtype", "bf16"])) == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(v) for r in rows for v in r.values() if isinstance(v, float))
+    assert (out / "policy_adapter" / "adapter_model.safetensors").exists()
+
+
 def test_tune_rejects_bad_input_before_loading_models(tiny_setup, tmp_path, capsys):
     from rlhf import cli
     assert cli.main(tune_args(tiny_setup, tmp_path / "r", 2, ["--kl-estimator", "k2"])) == 2
@@ -289,7 +317,8 @@ def test_config_from_dict_coerces_kfp_numbers_and_rejects_unknown_names():
 
 def test_reward_model_on_another_base_is_loaded_apart_and_scores_like_the_shared_adapter(tiny_setup, tmp_path):
     """A reward model whose base is another directory runs apart (RewardScorer, text in) and gives
-    the scores the shared-adapter path gives from token ids, on a copy of the same weights."""
+    the scores the shared-adapter path gives from token ids, on a copy of the same weights, for
+    finished responses (with EOS) and cut-off ones (without: both paths score them as they stand)."""
     import shutil
     from rlhf import models
     from rlhf.encoding import encode_response
@@ -306,13 +335,16 @@ def test_reward_model_on_another_base_is_loaded_apart_and_scores_like_the_shared
     base = str(tiny_setup / "base")
     tok = models.load_tokenizer(base, padding_side="left")
     prompts = load_prompts(str(tiny_setup / "prompts.jsonl"), tok, 32, use_chat_template=False)
-    responses = [encode_response(tok, text) for text in ("Cats sleep a lot.", "It rains.", "Tea is hot")]
-    ids, mask = left_pad(prompts.ids[:3], tok.pad_token_id)
+    texts = ("Cats sleep a lot.", "It rains.", "Tea is hot")
+    ended = [True] * 3 + [False] * 3  # the same texts cut off at the length limit: no EOS
+    responses = [encode_response(tok, t, add_eos=e) for t, e in zip(texts + texts, ended)]
+    assert all(r[-1] == tok.eos_token_id for r in responses[:3]) and all(r[-1] != tok.eos_token_id for r in responses[3:])
+    ids, mask = left_pad(prompts.ids[:3] * 2, tok.pad_token_id)
     width = max(len(r) for r in responses)
     resp = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in responses])
     rmask = torch.tensor([[1.0] * len(r) + [0.0] * (width - len(r)) for r in responses])
     rollout = Rollout(ids, mask, resp, rmask, torch.zeros_like(rmask), torch.zeros_like(rmask), None,
-                      torch.ones(3, dtype=torch.bool), prompt_index=[0, 1, 2])
+                      torch.tensor(ended), prompt_index=[0, 1, 2] * 2)
 
     model = SharedBaseModel(models.load_causal_lm(base, device="cpu"), lora_target_modules=["q_proj"])
     apart = build_reward(str(tmp_path / "reward"), outputs.read_info(str(tmp_path / "reward")), model, base,
@@ -321,7 +353,9 @@ def test_reward_model_on_another_base_is_loaded_apart_and_scores_like_the_shared
     shared = build_reward(str(tiny_setup / "reward"), outputs.read_info(str(tiny_setup / "reward")), model, base,
                           base, tok, prompts.messages, device="cpu")
     assert isinstance(shared, SharedBaseReward)
-    torch.testing.assert_close(apart(rollout), shared(rollout), atol=1e-4, rtol=1e-4)
+    scores = shared(rollout)
+    torch.testing.assert_close(apart(rollout), scores, atol=1e-4, rtol=1e-4)
+    assert (scores[:3] - scores[3:]).abs().min() > 1e-3  # EOS or not does change the score
 
 
 def test_tune_reads_and_writes_cloud_storage_and_resumes_there(tiny_setup, gcs_prefix):

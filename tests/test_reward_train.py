@@ -122,6 +122,22 @@ def test_only_lora_and_score_head_train(tiny):
         assert changed == (name in names), name
 
 
+def test_bf16_training_and_scoring(tiny, data, tmp_path):
+    """A bf16 base with fp32 LoRA and score head trains (the head gets its trained fp32 copy's
+    dtype, not the frozen bf16 original's) and scores in bf16."""
+    out = tmp_path / "r"
+    result = train_reward_model(_config(tiny, data, out, dtype="bf16", reward_model_train_steps=3, eval_every=3,
+                                        normalization_pairs=8))
+    assert np.isfinite(result.metrics["loss/total"]) and np.isfinite(result.metrics["heldout/accuracy"])
+    info = json.loads((out / "reward_model.json").read_text())
+    assert info["normalization"]["std"] > 0
+    rows = synthetic_rows(4, seed=3)
+    scores = RewardScorer(str(out), dtype="bf16").score([r["messages"] for r in rows], [r["chosen"] for r in rows])
+    assert np.isfinite(scores.raw).all()
+    fp32 = RewardScorer(str(out)).score([r["messages"] for r in rows], [r["chosen"] for r in rows])
+    np.testing.assert_allclose(scores.raw, fp32.raw, atol=0.1 * (np.abs(fp32.raw).max() + 1))
+
+
 def test_bad_settings_fail_before_training(tiny, data, tmp_path):
     with pytest.raises(UserError, match="--reward-model-train-steps 0: must be a positive integer"):
         train_reward_model(_config(tiny, data, tmp_path / "a", reward_model_train_steps=0))

@@ -1,18 +1,21 @@
 """`rlhf submit` through the real clients (google-cloud-aiplatform over REST, kfp.Client) to local
 stand-ins of the Vertex `pipelineJobs` API and the KFP v2beta1 API, asserting on what they received;
-and bad parameter values that must send nothing."""
+bad parameter values that must send nothing; and the checks before sending (`rlhf.preflight`)
+against a registry stand-in, the Cloud Storage emulator and an IAM stand-in."""
 
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 
 import pytest
 import yaml
 
-from rlhf import cli
-from rlhf.commands.compile import compile_pipeline
-from standins import KfpStandIn, VertexStandIn
+from rlhf import __version__, cli
+from rlhf.preflight import ACT_AS, IAM_ENDPOINT_ENV, REGISTRY_ENDPOINTS_ENV
+from standins import IamStandIn, KfpStandIn, RegistryStandIn, VertexStandIn
+from test_preflight import IMAGES, REGISTRY, SERVING, compile_template, registry_endpoints
 
 SERVICE_ACCOUNT = "runner@p1.iam.gserviceaccount.com"
 KMS_KEY = "projects/p1/locations/us-central1/keyRings/ring/cryptoKeys/key"
@@ -20,29 +23,56 @@ KMS_KEY = "projects/p1/locations/us-central1/keyRings/ring/cryptoKeys/key"
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory):
+    """Compiled against REGISTRY, which the registry stand-in serves; and with the placeholder."""
     out = tmp_path_factory.mktemp("templates")
-    return {target: compile_pipeline(target, str(out / f"{target}.yaml")) for target in ("vertex", "kfp")}
+    return {"vertex": compile_template(out / "vertex.yaml"), "kfp": compile_template(out / "kfp.yaml", "kfp"),
+            "placeholder": compile_template(out / "placeholder.yaml", registry=None),
+            "placeholder-kfp": compile_template(out / "placeholder-kfp.yaml", "kfp", registry=None)}
+
+
+class Cloud:
+    """What `rlhf submit` checks before sending, all local: the registry and IAM stand-ins (found
+    through RLHF_REGISTRY_ENDPOINTS / RLHF_IAM_ENDPOINT), and GOOD's datasets in the emulator."""
+
+    def __init__(self, registry: RegistryStandIn, iam: IamStandIn):
+        self.registry, self.iam = registry, iam
 
 
 @pytest.fixture
-def vertex(gcs_emulator):
-    # STORAGE_EMULATOR_HOST (set by gcs_emulator) answers submit()'s pipeline-root bucket check.
+def cloud(gcs_emulator, monkeypatch):
+    bucket = gcs_emulator.client().bucket(gcs_emulator.bucket)
+    for name in ("pref.jsonl", "prompts.jsonl", "eval.jsonl"):
+        bucket.blob(f"data/{name}").upload_from_string('{"x": 1}\n')
+    # submit() checks that an existing pipeline-root bucket belongs to the project, asking Resource
+    # Manager for the project number over gRPC, which no local stand-in can answer (the client
+    # insists on TLS): ~55 s of retries offline, then only a logged error. Answer that one call as
+    # Resource Manager would for the emulator's bucket.
+    from google.cloud.aiplatform.utils import resource_manager_utils
+    number = str(gcs_emulator.client().get_bucket(gcs_emulator.bucket).project_number)
+    monkeypatch.setattr(resource_manager_utils, "get_project_number", lambda *a, **k: number)
+    with RegistryStandIn(images=IMAGES | {SERVING}) as registry, \
+            IamStandIn({SERVICE_ACCOUNT: {ACT_AS}, "viewer@p1.iam.gserviceaccount.com": set()}) as iam:
+        monkeypatch.setenv(REGISTRY_ENDPOINTS_ENV,
+                           ",".join(f"{host}={url}" for host, url in registry_endpoints(registry.url).items()))
+        monkeypatch.setenv(IAM_ENDPOINT_ENV, iam.url)
+        yield Cloud(registry, iam)
+
+
+@pytest.fixture
+def vertex(cloud):
     with VertexStandIn() as standin:
         yield standin
 
 
 @pytest.fixture
-def kfp_api():
+def kfp_api(cloud):
     with KfpStandIn() as standin:
         yield standin
 
 
 def _vertex_args(template, vertex, *extra):
-    # submit() checks the pipeline-root bucket in Cloud Storage (the emulator here): it creates a
-    # missing bucket and grants it to the run's service account, but an existing bucket, or no
-    # --service-account, makes it ask Resource Manager for the project number (60 s of retries
-    # offline). So: a fresh bucket per call and a service account.
-    root = f"gs://rlhf-root-{uuid.uuid4().hex[:10]}/runs"
+    # The pipeline root must exist (preflight): the emulator's bucket, a fresh directory per call.
+    root = f"gs://rlhf-test-bucket/runs/{uuid.uuid4().hex[:10]}"
     return ["submit", "--template", template, "--project", "p1", "--location", "us-central1",
             "--pipeline-root", root, "--api-endpoint", vertex.url,
             "--service-account", SERVICE_ACCOUNT, *extra]
@@ -53,7 +83,7 @@ GOOD = ["--parameter", "preference_dataset=gs://rlhf-test-bucket/data/pref.jsonl
         "--parameter", "large_model_reference=smollm2-135m-instruct"]
 
 
-def test_vertex_submit_sends_the_template_values_and_options(templates, vertex, tmp_path, capsys):
+def test_vertex_submit_sends_the_template_values_and_options(templates, vertex, cloud, tmp_path, capsys):
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"reward_model_train_steps": 50, "kl_coeff": 0.2, "deploy_model": False,
                                   "instruction": "Summarize in less than 50 words."}))
@@ -66,6 +96,10 @@ def test_vertex_submit_sends_the_template_values_and_options(templates, vertex, 
         "--display-name", "my-rlhf-run", "--no-cache")
     code = cli.main(args)
     assert code == 0, capsys.readouterr()
+    # checked before sending: the images (not the serving one: deploy_model is false), the service
+    # account, the datasets and the bucket
+    assert len(cloud.registry.requests_to("HEAD", r"/manifests/")) == len(IMAGES)
+    assert cloud.iam.requests_to("POST", rf"/{SERVICE_ACCOUNT}:testIamPermissions$")
     created = vertex.requests_to("POST", r"/pipelineJobs$")
     assert len(created) == 1
     request = created[0]
@@ -113,7 +147,7 @@ def test_vertex_submit_keeps_caching_and_wait_reports_the_final_state(templates,
     assert "PIPELINE_STATE_SUCCEEDED" in capsys.readouterr().out
 
 
-def test_vertex_wait_exits_1_when_the_run_fails(templates, gcs_emulator, capsys):
+def test_vertex_wait_exits_1_when_the_run_fails(templates, cloud, capsys):
     with VertexStandIn(final_state="PIPELINE_STATE_FAILED") as vertex:
         code = cli.main(_vertex_args(templates["vertex"], vertex, *GOOD, "--wait"))
     assert code == 1
@@ -155,6 +189,68 @@ def test_kfp_submit_sends_the_run_to_the_v2beta1_api(templates, kfp_api, tmp_pat
         "eval_dataset": "gs://rlhf-test-bucket/data/eval.jsonl",
     }
     assert next(iter(kfp_api.runs)) in capsys.readouterr().out
+
+
+def test_preflight_lists_every_problem_together_and_sends_nothing(templates, vertex, cloud, capsys):
+    cloud.registry.images.discard(f"p1/rlhf/rlhf-gpu:{__version__}")
+    misspelt = ["--parameter", "preference_dataset=gs://rlhf-test-bucket/data/prefs.jsonl"]
+    args = _vertex_args(templates["vertex"], vertex, *misspelt, *GOOD[2:])
+    args[args.index("--pipeline-root") + 1] = "gs://rlhf-no-such-root/runs"
+    args[args.index("--service-account") + 1] = "viewer@p1.iam.gserviceaccount.com"
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "4 problem(s) found before submitting; nothing was submitted" in err and "Traceback" not in err
+    assert f"{REGISTRY}/rlhf-gpu:{__version__}: does not exist" in err
+    assert f"gcloud builds submit --config cloudbuild.yaml --substitutions=_REGISTRY={REGISTRY}" in err
+    assert "parameter preference_dataset=gs://rlhf-test-bucket/data/prefs.jsonl: no such object" in err
+    assert "bucket rlhf-no-such-root does not exist" in err
+    assert "roles/iam.serviceAccountUser" in err
+    assert vertex.requests == []
+
+
+def test_a_template_with_the_placeholder_registry_is_refused_even_offline(templates, vertex, capsys, monkeypatch):
+    from components.image import DEFAULT_REGISTRY
+
+    attempts = []
+
+    def refuse(*args):
+        attempts.append(args)
+        raise OSError("network is unreachable (test)")
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: refuse(address))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    code = cli.main(_vertex_args(templates["placeholder"], vertex, *GOOD, "--skip-preflight"))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "warning: --skip-preflight" in err
+    assert f"the template names the placeholder registry {DEFAULT_REGISTRY}" in err
+    registry = "us-central1-docker.pkg.dev/p1/rlhf"  # from --location and --project
+    assert f"gcloud builds submit --config cloudbuild.yaml --substitutions=_REGISTRY={registry}" in err
+    assert f"make push-images REGISTRY={registry}" in err and f"rlhf compile --image-registry {registry}" in err
+    assert attempts == [] and vertex.requests == []
+
+
+def test_skip_preflight_sends_without_the_network_checks(templates, vertex, cloud, capsys):
+    args = _vertex_args(templates["vertex"], vertex, *GOOD, "--skip-preflight")
+    args[args.index("--service-account") + 1] = "nobody@p1.iam.gserviceaccount.com"  # would be refused
+    cloud.registry.images.clear()  # so would the images
+    assert cli.main(args) == 0, capsys.readouterr()
+    assert "warning: --skip-preflight: images, datasets" in capsys.readouterr().err
+    assert cloud.registry.requests == [] and cloud.iam.requests == []
+    assert len(vertex.requests_to("POST", r"/pipelineJobs$")) == 1
+
+
+def test_kfp_only_warns_about_images_a_cluster_may_hold(templates, kfp_api, cloud, capsys):
+    cloud.registry.images.clear()
+    for template in (templates["kfp"], templates["placeholder-kfp"]):
+        assert cli.main(["submit", "--kfp-host", kfp_api.url, "--template", template, *GOOD]) == 0
+        err = capsys.readouterr().err
+        assert "warning: " in err and ("does not exist" in err or "kind load" in err)
+    assert len(kfp_api.requests_to("POST", r"/apis/v2beta1/runs$")) == 2
+    # datasets are checked there too
+    assert cli.main(["submit", "--kfp-host", kfp_api.url, "--template", templates["kfp"], *GOOD,
+                     "--parameter", "eval_dataset=gs://rlhf-test-bucket/data/missing.jsonl"]) == 2
+    assert "parameter eval_dataset=gs://rlhf-test-bucket/data/missing.jsonl: no such object" in capsys.readouterr().err
+    assert len(kfp_api.requests_to("POST", r"/apis/v2beta1/runs$")) == 2
 
 
 @pytest.mark.parametrize("bad, message", [

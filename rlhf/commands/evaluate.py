@@ -17,10 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rlhf import launch
     from rlhf.evaluate.run import evaluate
 
     config = EvalConfig.from_args(args).validate()  # before importing torch: a typo costs nothing
-    result = evaluate(config)
+    result = launch.run(evaluate, config)  # on --devices processes (default: every GPU)
+    if not launch.reports():
+        return 0
     print(result.summary)
     print(f"Report: {result.outputs.report_html}")
     return 0

@@ -1,15 +1,19 @@
-"""`rlhf submit`: check parameter values against a compiled template, then submit it to Vertex AI
-Pipelines (`--project/--location/--pipeline-root`) or to a Kubeflow Pipelines cluster (`--kfp-host`)."""
+"""`rlhf submit`: check parameter values against a compiled template, check that the images,
+datasets, pipeline-root bucket and service account the run needs are there (`rlhf.preflight`), then
+submit it to Vertex AI Pipelines (`--project/--location/--pipeline-root`) or to a Kubeflow Pipelines
+cluster (`--kfp-host`)."""
 
 from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 from rlhf.errors import UserError
 
 HELP = ("submit a compiled pipeline to Vertex AI (--project, --location, --pipeline-root) or to a "
-        "Kubeflow Pipelines cluster (--kfp-host); parameter values are checked first")
+        "Kubeflow Pipelines cluster (--kfp-host); parameter values, images, datasets, the pipeline-root "
+        "bucket and the service account are checked first")
 
 _KMS_KEY = re.compile(r"^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$")
 _VERTEX_ONLY = ("project", "location", "network", "encryption_spec_key_name", "label", "api_endpoint")
@@ -25,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="run every task again (caching is on by default)")
     parser.add_argument("--pipeline-root", help="where task outputs go: gs://BUCKET/DIR (required for Vertex AI)")
     parser.add_argument("--service-account", help="service account (Vertex) or Kubernetes service account (KFP) the run uses")
+    parser.add_argument("--skip-preflight", action="store_true",
+                        help="do not check images, datasets, the pipeline-root bucket and the service account "
+                             "over the network before sending (e.g. from a private network); a template naming "
+                             "the placeholder image registry is still refused on Vertex AI")
 
     vertex = parser.add_argument_group("Vertex AI")
     vertex.add_argument("--project", help="Google Cloud project id")
@@ -76,6 +84,23 @@ def _check_destination(args, template) -> None:
                         f"compile it with `rlhf compile --target {wanted} --output FILE`")
 
 
+def _preflight(args, template, values) -> None:
+    """Refuse, before sending, what would fail the run after machines were provisioned."""
+    from rlhf import preflight
+
+    if args.skip_preflight:
+        print("warning: --skip-preflight: images, datasets, the pipeline-root bucket and the service "
+              "account were not checked", file=sys.stderr)
+    problems = preflight.preflight(
+        template, parameter_values=values, pipeline_root=args.pipeline_root,
+        service_account=args.service_account, project=args.project, location=args.location,
+        target="kfp" if args.kfp_host else "vertex", network=not args.skip_preflight)
+    for problem in problems:
+        if not problem.blocking:
+            print(f"warning: {problem}", file=sys.stderr)
+    preflight.check(problems)
+
+
 def run(args: argparse.Namespace) -> int:
     from rlhf import parameters, submit
 
@@ -87,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.encryption_spec_key_name and "encryption_spec_key_name" in template.parameters
             and not values.get("encryption_spec_key_name")):
         values["encryption_spec_key_name"] = args.encryption_spec_key_name
+    _preflight(args, template, values)
     enable_caching = False if args.no_cache else None
 
     if args.kfp_host:

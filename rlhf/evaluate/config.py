@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 from rlhf import settings
 from rlhf.models import decoder_only_alias
@@ -52,3 +52,5 @@ class EvalConfig(Settings):
     measure_kl: bool = setting(True, "Measure KL(tuned || base) along the tuned responses (one extra base "
                                      "forward pass).")
     device: str = settings.device()
+    dtype: str = settings.dtype()
+    devices: Optional[int] = settings.devices()

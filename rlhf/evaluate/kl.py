@@ -95,6 +95,11 @@ class KLAccumulator:
             self._k1[idx] = (k1_sum[j], counts[j])
             self._full[idx] = full_sum[j]
 
+    def merge(self, other: "KLAccumulator") -> None:
+        """Add another accumulator's examples (another process's share of the prompts)."""
+        self._k1.update(other._k1)
+        self._full.update(other._full)
+
     def result(self) -> KLResult:
         order = sorted(self._k1)
         tokens = sum(self._k1[i][1] for i in order)

@@ -10,17 +10,23 @@ Outputs (`EvalOutputs.in_dir(output_dir)`):
     predictions/base.jsonl, predictions/tuned.jsonl   Google bulk-inferrer rows
     predictions/scores.jsonl                          per prompt: both responses and every score
     report.html, summary.md, metrics.json
+
+On several devices (``--devices``, ``rlhf.launch``) every process loads the models and takes its
+share of the prompts: whole generation batches, dealt in turn (the batches one process would form,
+so greedy predictions are the same), then contiguous shares for the reward model and the judge;
+the results are gathered back in the prompts' order and rank 0 alone computes and writes the outputs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from rlhf import encoding, storage
+from rlhf import distributed, encoding, storage
 from rlhf.data import canonical
 from rlhf.errors import UserError
 from rlhf.evaluate import report as R
@@ -63,24 +69,40 @@ class EvalResult:
 # Scores from the other steps' models
 
 
+def _on_shards(n: int, compute) -> list:
+    """``compute(indices)`` (one value per index) on this process's contiguous share of ``range(n)``;
+    every value, in index order, on every process."""
+    start, end = distributed.shard_bounds(n) if distributed.active() else (0, n)
+    mine = list(range(start, end))
+    return distributed.gather_in_order(zip(mine, compute(mine) if mine else []), n)
+
+
 def reward_scores(reward_model: str, rows: list[canonical.EvalExample], responses: dict[str, list[str]],
-                  config: EvalConfig) -> RewardScores:
+                  config: EvalConfig, device=None) -> RewardScores:
     """Raw and normalized reward-model scores of each group of responses ({"base": [...], "tuned": [...]}),
     and the reward model's preference metrics on the rows that carry a chosen/rejected pair."""
     from rlhf.reward.metrics import preference_metrics, scalar_metrics
     from rlhf.reward.scorer import RewardScorer
 
-    scorer = RewardScorer(reward_model, device=config.device or None, batch_size=config.batch_size)
+    scorer = RewardScorer(reward_model, device=device or config.device or None, dtype=config.dtype,
+                          batch_size=config.batch_size)
+
+    def score(subset: list, texts: list[str]) -> list[tuple[float, float]]:  # (raw, normalized), in order
+        def compute(indices):
+            # Rows keep their own instruction; one without gets the reward model's training instruction.
+            got = scorer.score_rows([subset[i] for i in indices], [texts[i] for i in indices])
+            return [(float(a), float(b)) for a, b in zip(got.raw, got.normalized)]
+        return _on_shards(len(subset), compute)
+
     raw, normalized = {}, {}
     for name, texts in responses.items():
-        # Rows keep their own instruction; one without gets the reward model's training instruction.
-        scores = scorer.score_rows(rows, texts)
-        raw[name], normalized[name] = [float(x) for x in scores.raw], [float(x) for x in scores.normalized]
+        scores = score(rows, texts)
+        raw[name], normalized[name] = [a for a, _ in scores], [b for _, b in scores]
     pairs = [r for r in rows if r.chosen is not None and r.rejected is not None]
     pref: dict[str, float] = {}
     if pairs:
-        chosen = scorer.score_rows(pairs, [r.chosen for r in pairs]).raw
-        rejected = scorer.score_rows(pairs, [r.rejected for r in pairs]).raw
+        chosen = [a for a, _ in score(pairs, [r.chosen for r in pairs])]
+        rejected = [a for a, _ in score(pairs, [r.rejected for r in pairs])]
         pref = scalar_metrics(preference_metrics(chosen, rejected, prefix="eval/reward_model"))
     return RewardScores(raw=raw, normalized=normalized, preference=pref)
 
@@ -91,8 +113,9 @@ def judge_results(rows: list[canonical.EvalExample], responses: dict[str, list[s
     instruction) and the row's instruction (its word limit)."""
     from rlhf.judge import judge
 
-    return {name: [judge(canonical.user_input(r), t, r.instruction) for r, t in zip(rows, texts)]
-            for name, texts in responses.items()}
+    return {name: _on_shards(len(rows), lambda indices, texts=texts: [
+        judge(canonical.user_input(rows[i]), texts[i], rows[i].instruction) for i in indices])
+        for name, texts in responses.items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -104,27 +127,53 @@ def _settings(config: EvalConfig) -> GenerationSettings:
                               top_k=config.top_k, seed=config.seed)
 
 
-def bulk_inference(config: EvalConfig, rows: list[canonical.EvalExample]):
-    """Responses of the tuned model (KL measured on the way) and of the base, for every row.
+def generation_share(prompts: list[list[int]], batch_size: int) -> list[int]:
+    """This process's prompts (indices): the generation batches one process would form (longest
+    prompts first, as ``inference.generate`` orders them), dealt to the processes in turn, so each
+    batch, and so each greedy response, is the one a single process computes."""
+    if not distributed.active():
+        return list(range(len(prompts)))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+    return [i for batch in batches[distributed.rank()::distributed.world_size()] for i in batch]
+
+
+def bulk_inference(config: EvalConfig, rows: list[canonical.EvalExample], device=None):
+    """Responses of the tuned model (KL measured on the way) and of the base, for every row (on
+    several processes: each generates its share, ``generation_share``, and all get every response).
     Returns ({"base": [Generation], "tuned": [...]}, KLResult or None, base reference, timings); the
     models are freed when it returns."""
     from rlhf.evaluate import kl as K
     from rlhf.evaluate.policies import load_policy_pair
 
-    pair = load_policy_pair(config.model, config.large_model_reference, device=config.device or None)
+    if config.large_model_reference:  # refuse a base that cannot fit before loading it (CUDA only)
+        from rlhf import memory_plan, models
+        memory_plan.check_device("evaluation", config.large_model_reference, memory_plan.Workload.from_configs(
+            evaluation=config), models.pick_device(device) if device is None or isinstance(device, str) else device)
+    pair = load_policy_pair(config.model, config.large_model_reference, device=device or config.device or None,
+                            dtype=config.dtype)
     prompts = [encoding.encode_prompt(pair.tokenizer, canonical.prompt_messages(r),
                                     max_length=config.prompt_sequence_length) for r in rows]
     settings = _settings(config)
+    mine = generation_share(prompts, settings.batch_size)
+    if distributed.active() and settings.do_sample:  # a distinct sampling stream on each process
+        settings = dataclasses.replace(settings, seed=settings.seed + 1_000_003 * distributed.rank())
     accumulator = K.KLAccumulator()
+    measure = K.measure_on_batches(pair.base, accumulator) if config.measure_kl else None
+    on_batch = (lambda b: measure(dataclasses.replace(b, indices=[mine[i] for i in b.indices]))) if measure else None
     t0 = time.perf_counter()
-    tuned = generate(pair.tuned, pair.tokenizer, prompts, settings, label="tuned",
-                     on_batch=K.measure_on_batches(pair.base, accumulator) if config.measure_kl else None,
-                     keep_logits=config.measure_kl)
+    tuned = generate(pair.tuned, pair.tokenizer, [prompts[i] for i in mine], settings, label="tuned",
+                     on_batch=on_batch, keep_logits=config.measure_kl)
     t1 = time.perf_counter()
     with pair.base() as base_model:
-        base = generate(base_model, pair.tokenizer, prompts, settings, label="base")
+        base = generate(base_model, pair.tokenizer, [prompts[i] for i in mine], settings, label="base")
     t2 = time.perf_counter()
     timing = {"time/eval_generation_tuned_s": t1 - t0, "time/eval_generation_base_s": t2 - t1}
+    if distributed.active():  # every process's responses, in the prompts' order; the KL of all
+        tuned = distributed.gather_in_order(zip(mine, tuned), len(prompts))
+        base = distributed.gather_in_order(zip(mine, base), len(prompts))
+        for other in distributed.gather(accumulator):  # by example index: its own share again is a no-op
+            accumulator.merge(other)
     kl = accumulator.result() if config.measure_kl else None
     return {"base": base, "tuned": tuned}, kl, pair.base_reference, timing
 
@@ -143,9 +192,10 @@ def _loud(message: str) -> None:
     log.warning("\n%s\n%s\n%s", bar, message, bar)
 
 
-def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalResult:
+def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> Optional[EvalResult]:
     """Run the whole evaluation (see module doc). User mistakes raise UserError before any model
-    loads; every output is written at the end, so a failed run leaves none."""
+    loads; every output is written at the end, so a failed run leaves none. On several processes
+    rank 0 returns the result and the others None."""
     import torch
 
     config.validate()
@@ -159,9 +209,11 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalR
     if config.reward_model:
         from rlhf.reward.outputs import read_info
         read_info(config.reward_model)  # not a reward model directory: fail before generating
-    log.info("evaluating %s on %d eval prompts from %s", config.model, len(rows), config.eval_dataset)
+    _, world, device = distributed.init(config.device or None)  # several processes: one GPU each
+    log.info("evaluating %s on %d eval prompts from %s; world size %d", config.model, len(rows),
+             config.eval_dataset, world)
 
-    gens, kl, base_reference, timing = bulk_inference(config, rows)
+    gens, kl, base_reference, timing = bulk_inference(config, rows, device)
     gc.collect()  # the policy is gone: free its memory before the reward model loads
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -169,12 +221,16 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalR
     reward = verdicts = None
     if config.reward_model:
         t = time.perf_counter()
-        reward = reward_scores(config.reward_model, rows, texts, config)
+        reward = reward_scores(config.reward_model, rows, texts, config, device)
         timing["time/eval_reward_s"] = time.perf_counter() - t
     if config.judge:
         t = time.perf_counter()
         verdicts = judge_results(rows, texts)
         timing["time/eval_judge_s"] = time.perf_counter() - t
+    timing = distributed.reduce_metrics(timing)  # the slowest process's times
+    if not distributed.is_main():  # rank 0 computes and writes the outputs
+        distributed.shutdown()
+        return None
 
     results = compute_results(rows, gens, kl=kl, reward=reward, verdicts=verdicts, timing=timing,
                               info=describe_run(config, base_reference, history_uri, kl is not None),
@@ -191,5 +247,6 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> EvalR
     storage.write_text(outputs.summary_md, summary)
     storage.write_json(outputs.metrics_json, R.kfp_metrics(results.metrics))
     log.info("evaluation written: %s", outputs.report_html)
+    distributed.shutdown()
     return EvalResult(metrics=results.metrics, summary=summary, alarm=results.alarm, outputs=outputs,
                       notes=results.notes)

@@ -4,8 +4,8 @@ Modules, one concept each: ``config`` (PPOConfig), ``gae``, ``whiten``, ``losses
 estimators and controllers), ``logprobs`` (chunked log-probs from hidden states), ``policy`` (the
 shared-base policy/reference/value/reward model), ``rollout`` (KV-cached sampling), ``prompts``,
 ``reward`` (reward functions), ``trainer`` (the loop), ``outputs`` (the output directory),
-``distributed`` (optional torchrun data parallelism), ``run`` (``tune(config)``, what the CLI and the
-component call).
+``distributed`` (data parallelism over the devices, ``--devices``), ``run`` (``tune(config)``, what
+the CLI and the component call).
 """
 
 from rlhf.ppo.config import PPOConfig

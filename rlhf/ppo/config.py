@@ -30,7 +30,9 @@ class PPOConfig(Settings):
     # Settings a restart may change without changing the result so far (rlhf.rundir compares the rest).
     RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({
         "output_dir", "reinforcement_learning_train_steps", "checkpoint_every", "sample_count",
-        "save_merged_model", "log_every", "device", "prompt_dataset", "reward_model"})
+        "save_merged_model", "log_every", "device", "devices", "prompt_dataset", "reward_model",
+        # micro-batching splits the same minibatch (the memory plan may pick it per machine)
+        "gradient_accumulation_steps"})
 
     # -- inputs and outputs ------------------------------------------------------------------
     prompt_dataset: str = setting("", "Prompts: the canonical prompts JSONL written by `rlhf validate`, or a "
@@ -56,9 +58,10 @@ class PPOConfig(Settings):
     target_sequence_length: int = settings.target_sequence_length()
     instruction: str = settings.instruction()
     # -- batch and schedule -------------------------------------------------------------------
-    batch_size: int = setting(16, "Episodes (prompts) sampled per PPO step.", positive)
-    mini_batch_size: int = setting(8, "Episodes per optimizer step inside a PPO epoch; must divide batch_size.",
-                                   positive)
+    batch_size: int = setting(16, "Episodes (prompts) sampled per PPO step, over all devices: N devices "
+                                  "sample batch_size/N each (it must divide by N).", positive)
+    mini_batch_size: int = setting(8, "Episodes per optimizer step inside a PPO epoch, over all devices; must "
+                                      "divide batch_size.", positive)
     gradient_accumulation_steps: int = setting(
         1, "Split each minibatch into this many micro-batches (less memory, same update).", positive)
     ppo_epochs: int = setting(4, "Passes over each rollout batch.", positive)
@@ -88,7 +91,8 @@ class PPOConfig(Settings):
     # -- model --------------------------------------------------------------------------------
     lora_rank: int = setting(8, "LoRA rank of the policy adapter.", positive)
     lora_alpha: float = setting(16.0, "LoRA alpha.", positive)
-    lora_dropout: float = setting(0.0, "LoRA dropout (0: the rollout and the update see the same function).",
+    lora_dropout: float = setting(0.0, "LoRA dropout, in the update's passes only (rollouts, old log-probs, "
+                                       "reference and reward passes run without it).",
                                   within(0, 1, high_open=True))
     lora_target_modules: list[str] = setting(
         help="Modules the policy LoRA adapts (or all-linear).", check=settings.not_empty,
@@ -99,6 +103,7 @@ class PPOConfig(Settings):
     use_chat_template: Optional[bool] = settings.use_chat_template()
     # -- run ----------------------------------------------------------------------------------
     device: str = settings.device()
+    devices: Optional[int] = settings.devices()
     dtype: str = settings.dtype()
     checkpoint_every: int = setting(50, "Save a checkpoint (and sample generations) every this many steps "
                                         "(0: only at the end).", non_negative)
@@ -117,6 +122,8 @@ class PPOConfig(Settings):
         if self.adaptive_kl and self.kl_coeff == 0:
             yield Problem("kl_coeff", self.kl_coeff, "an adaptive KL controller needs a positive starting "
                                                      "coefficient")
+        if self.dtype == "fp16":
+            yield Problem("dtype", self.dtype, settings.FP16_REFUSED)
 
     @property
     def learning_rate(self) -> float:

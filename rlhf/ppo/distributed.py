@@ -1,54 +1,74 @@
-"""Optional data parallelism over several GPUs (or CPU processes), launched with torchrun:
+"""PPO on several GPUs (or CPU processes): data parallel, one process per device.
 
-    torchrun --nproc_per_node 8 -m rlhf tune --prompt-dataset ... --reward-model ... --output-dir ...
+    rlhf tune --devices 8 --prompt-dataset ... --reward-model ... --output-dir ...
 
-Each process holds the full (shared-base) model, samples its own ``batch_size`` episodes, and the
-trainer averages the LoRA/value-head gradients with one all-reduce per optimizer step: with
-adapters of a few MB this costs little, and it needs no DeepSpeed/FSDP. Rank 0 writes metrics,
-samples, checkpoints and outputs. Metrics are rank 0's (not gathered). Resume restores weights,
-optimizer, KL coefficient and data position; the sampling streams are reseeded per rank, so a
-resumed multi-process run is statistically, not bitwise, equal to an uninterrupted one
-(single-process runs resume exactly). Models that do not fit one device need sharding, which this
-path does not do.
+(the default is every visible GPU; the KFP component runs on what its task was given; under an
+outer ``torchrun`` the step just runs). ``rlhf.launch`` starts the processes; each holds the whole
+shared-base model (policy, reference, value and reward on one copy of the base) and, per step:
+
+- samples its share of the step's ``batch_size`` episodes (``batch_size / N`` each: the global
+  batch is the setting, so N devices train with the batch one device would, and a restart may
+  change N without changing what the run means);
+- whitens rewards and advantages over every process's tokens (``masked_whiten`` below), so the
+  advantages are those of the global batch;
+- runs its share of each minibatch through ``DistributedDataParallel`` (``rlhf.distributed.wrap``
+  around ``update_pass``): the LoRA and value-head gradients are averaged in the backward pass
+  of a minibatch's last micro-batch; the frozen base is left out of DDP. Each process's loss is
+  the mean over its own tokens, so the average is the global token mean when the processes hold
+  as many response tokens, and weights each process equally otherwise (as TRL and OpenRLHF do);
+- moves the adaptive KL controller with the KL of every episode (``global_mean``), so β stays the
+  same on every process, and reduces the logged metrics over the processes
+  (``rlhf.distributed.reduce_metrics``).
+
+Rank 0 alone writes metrics, samples, checkpoints and the outputs. The sampling stream of each
+process is seeded by (seed, rank, step) at every step, so a killed N-process run resumes to the
+result of an uninterrupted one. Models that do not fit one device need sharding (FSDP), which
+this path does not do.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def init(device_preference=None) -> tuple[int, int, torch.device]:
-    """(rank, world_size, device); initializes torch.distributed when launched by torchrun."""
-    from rlhf.models import pick_device
-    world = world_size()
-    if world <= 1:
-        return 0, 1, pick_device(device_preference)
-    import torch.distributed as dist
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available() and device_preference != "cpu":
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend)
-    return dist.get_rank(), world, device
+# The process-group helpers every step shares, used by the PPO step under these names too.
+from rlhf.distributed import (active, all_sum, barrier, global_mean, init, rank, reduce_metrics,  # noqa: F401
+                              shutdown, world_size, wrap)
+from rlhf.ppo import whiten
 
 
-def barrier() -> None:
-    if world_size() > 1:
-        import torch.distributed as dist
-        dist.barrier()
+def update_pass(model, input_ids, attention_mask, prompt_width: int, temperature: float,
+                with_entropy: bool = False):
+    """The pass a PPO minibatch backpropagates through (LoRA dropout on: ``training_pass``): the
+    policy's log-probs (and entropies) of the response tokens and the values (from the head, or
+    from the value adapter). One function of the model, so that DDP runs it as one ``forward``."""
+    with model.training_pass():
+        logprobs, entropy, values = model.response_pass(input_ids, attention_mask, prompt_width, temperature,
+                                                        with_entropy=with_entropy)
+        if model.value_model == "adapter":
+            values = model.value_pass(input_ids, attention_mask, prompt_width)
+    return logprobs, entropy, values
 
 
-def shutdown() -> None:
-    if world_size() > 1:
-        import torch.distributed as dist
-        if dist.is_initialized():
-            dist.destroy_process_group()
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """``rlhf.ppo.whiten.masked_whiten`` with the mean and variance of every process's masked
+    elements (the plain function in a single process)."""
+    if not active():
+        return whiten.masked_whiten(values, mask, shift_mean, eps)
+    m = mask.to(values.dtype)
+    total, count = all_sum([float((values * m).sum()), float(m.sum())])
+    mean = total / max(count, 1.0)
+    (squares,) = all_sum([float((((values - mean) ** 2) * m).sum())])
+    var = squares / max(count, 1.0)
+    if count > 1:
+        var = var * count / (count - 1)
+    whitened = (values - mean) * (var + eps) ** -0.5
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * m
+
+
+def seed_step(seed: int, step: int) -> None:
+    """Seed this process's sampling for ``step`` (several processes: distinct streams per rank,
+    and a resumed run draws what an uninterrupted one drew)."""
+    torch.manual_seed(seed + 1_000_003 * rank() + 7_919 * step)

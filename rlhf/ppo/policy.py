@@ -25,6 +25,11 @@ alive together, hence +1.3 GB). The price is that the value loss also moves the 
 (scaled by ``vf_coef``); the "N implementation details" study (Huang et al. 2022) trains a separate
 critic, so the adapter variant stays available (``--value-model adapter``) for a decoupled critic.
 
+Log-probs come from the model's own head (``self.head``, a ``LogitHead``: bias, logit scaling and
+soft-capping applied, projected in chunks by ``rlhf.ppo.logprobs``), checked once against the
+model's own logits on a probe; a head it cannot reproduce falls back to the model's own logits.
+LoRA dropout acts only in ``training_pass`` (the PPO update); everything else runs without it.
+
 Adapter switching goes through ``_use_adapter``: peft's ``set_adapter`` flips ``requires_grad`` on
 the adapters (it makes the active one trainable), so each switch restores the flags we set, which
 keeps the reward adapter and the base frozen.
@@ -41,7 +46,8 @@ from torch import nn
 
 from rlhf.errors import UserError
 from rlhf.ppo.config import VALUE_MODELS
-from rlhf.ppo.logprobs import token_logprobs
+from rlhf.ppo.logprobs import LogitHead, logit_head, logits_logprobs, token_logprobs
+from rlhf.settings import FP16_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,8 @@ class SharedBaseModel(nn.Module):
         from peft import LoraConfig, get_peft_model
         if value_model not in VALUE_MODELS:
             raise UserError(f"value_model {value_model!r}: use one of {', '.join(VALUE_MODELS)}")
+        if causal_lm.dtype == torch.float16:
+            raise UserError(f"the policy's weights are fp16: {FP16_REFUSED} (--dtype)")
         for p in causal_lm.parameters():
             p.requires_grad_(False)
         targets = lora_target_modules if isinstance(lora_target_modules, str) else list(lora_target_modules)
@@ -81,9 +89,6 @@ class SharedBaseModel(nn.Module):
         lm = self.peft.get_base_model()
         self.trunk = getattr(lm, lm.base_model_prefix)
         self.lm_head = lm.get_output_embeddings()
-        if getattr(lm.config, "final_logit_softcapping", None) or getattr(lm.config, "logit_scale", None):
-            raise UserError(f"model type {lm.config.model_type} post-processes its logits (softcapping "
-                            f"or scaling), which the fused log-prob path does not apply yet")
         hidden = lm.config.hidden_size if hasattr(lm.config, "hidden_size") else lm.config.get_text_config().hidden_size
         # Zero-initialised: values start at 0 and the first value updates come from the returns.
         device = self.lm_head.weight.device
@@ -92,8 +97,11 @@ class SharedBaseModel(nn.Module):
         nn.init.zeros_(self.value_head.bias)
         self.reward_head: Optional[nn.Linear] = None
         self.reward_norm = (0.0, 1.0)
-        self.eval()  # dropout off throughout: rollout and training must see the same function
+        self.eval()  # dropout off, except the trained adapters' LoRA dropout in `training_pass`
         trained_adapters = (POLICY, VALUE) if value_model == "adapter" else (POLICY,)
+        self._lora_dropouts = [m.lora_dropout[a] for m in self.peft.modules()
+                               if isinstance(getattr(m, "lora_dropout", None), nn.ModuleDict)
+                               for a in trained_adapters if a in m.lora_dropout]
         self._trainable = {n for n, _ in self.named_parameters()
                            if n.startswith("value_head.")
                            or (".lora_" in n and any(f".{a}." in n for a in trained_adapters))}
@@ -101,6 +109,38 @@ class SharedBaseModel(nn.Module):
             if name in self._trainable and p.dtype != torch.float32:
                 p.data = p.data.float()  # fp32 adapters over a bf16 base: AdamW updates need the precision
         self._use_adapter(POLICY)
+        self.head: Optional[LogitHead] = self._fused_head()
+        if self.head is None:
+            log.warning("the fused log-prob path cannot reproduce the logits of %s (%s): using the model's "
+                        "own logits (more memory: [batch, response, vocab] float32 per pass)",
+                        type(lm).__name__, lm.config.model_type)
+
+    def _fused_head(self) -> Optional[LogitHead]:
+        """The model's head as a `LogitHead` when it reproduces the model's own logits on a probe
+        (a few token ids, adapters off), else None: the passes then use the model's own logits."""
+        head = logit_head(self.causal_lm)
+        if head is None:
+            return None
+        ids = torch.arange(min(8, head.weight.shape[0]), device=self.device)[None]
+        captured = []
+        hook = self.trunk.register_forward_hook(lambda module, args, out: captured.append(_last_hidden(out)))
+        try:
+            with self.reference(), torch.no_grad():
+                theirs = self.causal_lm(input_ids=ids, use_cache=False).logits
+        finally:
+            hook.remove()
+        if not captured:
+            return None
+        ours = head.logits(captured[-1])
+        theirs = theirs.to(ours.dtype)
+        # the model applies its scaling/capping in its own dtype: allow a few of its rounding steps
+        tolerance = 8 * torch.finfo(self.lm_head.weight.dtype).eps * max(1.0, float(theirs.abs().max()))
+        return head if float((ours - theirs).abs().max()) <= tolerance else None
+
+    @property
+    def causal_lm(self):
+        """The Hugging Face causal LM (with the LoRA layers peft put in it)."""
+        return self.peft.get_base_model()
 
     # -- adapters -------------------------------------------------------------------------------
 
@@ -121,6 +161,18 @@ class SharedBaseModel(nn.Module):
             yield
         finally:
             self._use_adapter(POLICY)
+
+    @contextlib.contextmanager
+    def training_pass(self):
+        """LoRA dropout on for the trained adapters (`lora_dropout`), in the PPO update's passes only:
+        rollouts, old log-probs, reference and reward passes run without it."""
+        for dropout in self._lora_dropouts:
+            dropout.train()
+        try:
+            yield
+        finally:
+            for dropout in self._lora_dropouts:
+                dropout.eval()
 
     @contextlib.contextmanager
     def reference(self):
@@ -159,6 +211,31 @@ class SharedBaseModel(nn.Module):
                          past_key_values=past_key_values, use_cache=use_cache)
         return out.last_hidden_state, (out.past_key_values if use_cache else None)
 
+    def states_and_logits(self, input_ids, attention_mask, position_ids=None, past_key_values=None,
+                          use_cache: bool = False, keep: int = 1):
+        """``(hidden, logits, cache)``: the trunk's last hidden states and, only when the fused head
+        cannot reproduce the model's logits (``self.head`` is None), the model's own logits of the last
+        ``keep`` positions (else None: the caller projects what it needs with ``self.head``)."""
+        if self.head is not None:
+            hidden, cache = self.hidden_states(input_ids, attention_mask, position_ids, past_key_values, use_cache)
+            return hidden, None, cache
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        captured = []
+        hook = self.trunk.register_forward_hook(lambda module, args, out: captured.append(_last_hidden(out)))
+        try:
+            out = self.causal_lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                 past_key_values=past_key_values, use_cache=use_cache, logits_to_keep=keep)
+        finally:
+            hook.remove()
+        return captured[-1], out.logits, (out.past_key_values if use_cache else None)
+
+    def last_logits(self, hidden: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
+        """float32 logits ``[B, V]`` of the last position, from ``states_and_logits``' outputs."""
+        if logits is not None:
+            return logits[:, -1].to(torch.float32)
+        return self.head.logits(hidden[:, -1])
+
     def values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.value_head(hidden.to(torch.float32)).squeeze(-1)
 
@@ -169,10 +246,14 @@ class SharedBaseModel(nn.Module):
         ``input_ids`` is ``[left-padded prompt | right-padded response]``; the response starts at
         column ``prompt_width``. Only the response positions are projected to the vocabulary.
         """
-        hidden, _ = self.hidden_states(input_ids, attention_mask)
+        response_width = input_ids.shape[1] - prompt_width
+        hidden, logits, _ = self.states_and_logits(input_ids, attention_mask, keep=response_width + 1)
         h = hidden[:, prompt_width - 1:-1]  # the state before each response token
         labels = input_ids[:, prompt_width:]
-        logprobs, entropy = token_logprobs(h, self.lm_head.weight, labels, temperature, with_entropy)
+        if logits is None:
+            logprobs, entropy = token_logprobs(h, self.head, labels, temperature, with_entropy)
+        else:
+            logprobs, entropy = logits_logprobs(logits[:, :-1], labels, temperature, with_entropy)
         values = self.values_from_hidden(h) if with_values and self.value_model == "head" else None
         return logprobs, entropy, values
 
@@ -221,6 +302,10 @@ class SharedBaseModel(nn.Module):
         with torch.no_grad():
             for name, value in tensors.items():
                 params[name].copy_(value)
+
+
+def _last_hidden(out) -> torch.Tensor:
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
 def parameter_count(module: nn.Module) -> tuple[int, int]:

@@ -7,6 +7,10 @@
 - ``SeparateReward``: any other reward model, loaded once, frozen, merged, in inference mode
   (``RewardScorer``); responses are decoded and re-encoded the way that model was trained.
 
+One convention for cut-off responses in both: a response that ended has its EOS (as the reward model
+was trained on complete responses), a response cut off at ``target_sequence_length`` has none and is
+scored at its last token (``missing_eos_penalty`` is the trainer's separate charge for it).
+
 Both return ``(raw − mean) / std`` with the statistics saved with the reward model.
 """
 
@@ -50,7 +54,8 @@ class SeparateReward:
         texts = [self.tokenizer.decode(rollout.response_ids[i, :int(n)].tolist(), skip_special_tokens=True)
                  for i, n in enumerate(rollout.lengths)]
         with torch.inference_mode():
-            scores = self.scorer.score_messages([self.messages[i] for i in rollout.prompt_index], texts)
+            scores = self.scorer.score_messages([self.messages[i] for i in rollout.prompt_index], texts,
+                                                ended=rollout.ended.tolist())
         return torch.as_tensor(scores.normalized, dtype=torch.float32)
 
 

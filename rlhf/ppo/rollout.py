@@ -2,10 +2,15 @@
 
 One decoding loop (prefill the prompts, then one token per step reusing the cache) records for each
 sampled token its log-probability under the temperature-scaled policy, the entropy of that
-distribution and, with a value head, the value of the state it was sampled in. Those are exactly
-the "old" log-probs and values PPO needs, so the rollout never runs the policy again. The loop
-projects only the last position to the vocabulary, and stops as soon as every row has produced
-EOS (or after ``max_new_tokens``).
+distribution and, with a value head, the value of the state it was sampled in. The loop projects
+only the last position to the vocabulary with the model's own head (bias, scaling, soft-capping:
+``SharedBaseModel.head``), and stops as soon as every row has produced EOS (or after
+``max_new_tokens``).
+
+The PPO trainer does not use these log-probs and values as the "old" ones: in bf16 the KV-cached
+loop differs from the training forward pass by up to 3e-3 in log-prob (3e-2 in value), so the
+trainer recomputes them with one forward pass in training precision (``PPOTrainer.old_policy``),
+as TRL and OpenRLHF do. In fp32 both agree to ~1e-6 (tested).
 
 Sampling: logits / temperature, then optional top-k and top-p (nucleus) truncation. The recorded
 log-probs are those of the untruncated temperature-scaled distribution, the one the PPO update
@@ -94,17 +99,16 @@ def generate(model: SharedBaseModel, prompt_ids: torch.Tensor, prompt_mask: torc
     """Sample up to ``max_new_tokens`` per prompt with the policy adapter active."""
     batch, width = prompt_ids.shape
     device = prompt_ids.device
-    weight = model.lm_head.weight
     mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], 1)
     positions = position_ids_from_mask(prompt_mask)
-    hidden, cache = model.hidden_states(prompt_ids, prompt_mask, positions, use_cache=True)
+    hidden, head_logits, cache = model.states_and_logits(prompt_ids, prompt_mask, positions, use_cache=True)
     h = hidden[:, -1]
     next_position = positions[:, -1:] + 1
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logprobs, entropies, values, active = [], [], [], [], []
     with_values = model.value_model == "head"
     for step in range(max_new_tokens):
-        logits = (h @ weight.t()).to(torch.float32) / temperature
+        logits = model.last_logits(hidden, head_logits) / temperature
         log_p = torch.log_softmax(logits, dim=-1)
         sample_from = filter_logits(logits, top_k, top_p) if (top_k or top_p < 1.0) else logits
         token = sample(sample_from)
@@ -118,8 +122,8 @@ def generate(model: SharedBaseModel, prompt_ids: torch.Tensor, prompt_mask: torc
         done = done | (token == eos_token_id)
         if bool(done.all()) or step + 1 == max_new_tokens:
             break
-        hidden, cache = model.hidden_states(token[:, None], mask[:, :width + step + 1], next_position,
-                                            past_key_values=cache, use_cache=True)
+        hidden, head_logits, cache = model.states_and_logits(token[:, None], mask[:, :width + step + 1],
+                                                             next_position, past_key_values=cache, use_cache=True)
         h = hidden[:, -1]
         next_position = next_position + 1
     response_mask = torch.stack(active, 1).to(torch.float32)

@@ -9,12 +9,13 @@ Devices, chosen at run time (`--device`, else `RLHF_DEVICE`, else CUDA when pres
 - CPU: fp32.
 - CUDA: bf16 weights (fp32 adapters, value head and softmax statistics) with SDPA attention.
 - TPU: refused (`rlhf.models.TPU_REFUSED`): the torch_xla path could not be run and tested here.
-- Several GPUs: `torchrun --nproc_per_node N -m rlhf tune ...` (data parallel, see
-  `rlhf.ppo.distributed`).
+- Several GPUs: every visible GPU by default, or `--devices N` (`rlhf.launch` starts one process
+  per device; data parallel, see `rlhf.ppo.distributed`). Under an outer `torchrun` the step just runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -52,22 +53,25 @@ def tune(config: PPOConfig) -> dict[str, float]:
     prompts = load_prompts(config.prompt_dataset, tokenizer, config.prompt_sequence_length,
                            config.instruction or info.get("instruction") or None, use_chat_template)
     dtype = models.parse_dtype(config.dtype) or models.default_dtype(device)
+    from rlhf import memory_plan  # refuse a model that cannot fit before loading it (CUDA only)
+    plan = memory_plan.check_device("ppo", base_ref, memory_plan.Workload.from_configs(ppo=config), device, world)
+    if plan and "gradient_accumulation_steps" in plan.settings:  # smaller micro-batches, the same update
+        config = dataclasses.replace(config, gradient_accumulation_steps=plan.settings["gradient_accumulation_steps"])
     causal_lm = models.load_causal_lm(base_ref, dtype=dtype, device=device)
     model = SharedBaseModel(causal_lm, config.lora_rank, config.lora_alpha, config.lora_dropout,
                             config.target_modules, config.value_model)
     reward_fn = build_reward(reward_dir, info, model, base_ref, models.resolve_model(base_ref), tokenizer,
                              prompts.messages, device=device, dtype=dtype)
     trainable, total = parameter_count(model)
-    log.info("policy %s on %s (%s): %.1fM parameters, %.2fM trainable; %d prompts; %d steps × %d episodes",
-             base_ref, device, str(dtype).removeprefix("torch."), total / 1e6, trainable / 1e6,
-             len(prompts.ids), config.reinforcement_learning_train_steps, config.batch_size * world)
+    log.info("policy %s on %s (%s): %.1fM parameters, %.2fM trainable; %d prompts; %d steps × %d episodes; "
+             "world size %d (%d episodes per process)", base_ref, device, str(dtype).removeprefix("torch."),
+             total / 1e6, trainable / 1e6, len(prompts.ids), config.reinforcement_learning_train_steps,
+             config.batch_size, world, config.batch_size // world)
 
     run = RunDir(config.output_dir, prefix="rlhf-ppo-")  # staged locally when on gs://
     layout = OutputLayout(run.local, checkpoints=run.checkpoints_dir)
     trainer = PPOTrainer(config, model, tokenizer, prompts.ids, reward_fn, layout, prompts.texts, rank, world)
-    trainer.resume()
-    if world > 1:
-        torch.manual_seed(config.seed + 1_000_003 * rank + trainer.step)  # distinct sampling per rank
+    trainer.resume()  # every rank reads the same checkpoint; the trainer seeds each rank's sampling per step
     start = time.perf_counter()
     summary = trainer.train()
     summary["time/total_s"] = time.perf_counter() - start

@@ -1,8 +1,10 @@
 """The PPO loop (Ziegler et al. 2019; Ouyang et al. 2022; "N implementation details", Huang et al. 2022).
 
 Each step:
-1. **rollout**: sample `batch_size` prompts, generate with the KV cache (`rollout.generate`), keeping
-   the sampled tokens' log-probs, entropies and (value head) values;
+1. **rollout**: sample `batch_size` prompts, generate with the KV cache (`rollout.generate`);
+   then the **old policy**: the sampled tokens' log-probs, entropies and values from one forward
+   pass in training precision, without dropout (`old_policy`), so the first minibatch's ratio is 1
+   and the KL compares like with like (the cached decoding loop differs by up to 3e-3 in bf16);
 2. **reference**: log-probs of the same tokens with every adapter disabled (skipped when
    `kl_coeff` is 0: no KL term, no pass);
 3. **scoring**: the reward model at each response's last token, normalized with its saved statistics;
@@ -10,7 +12,7 @@ Each step:
 4. **advantages**: per-token reward −β·KL plus the score on the last token, optional reward
    whitening, GAE(γ, λ), advantage whitening;
 5. **update**: `ppo_epochs` passes over shuffled minibatches: clipped policy loss + c1·clipped value
-   loss + c2·entropy loss, gradient clipping, AdamW;
+   loss + c2·entropy loss (LoRA dropout active in these passes only), gradient clipping, AdamW;
 6. **control**: the adaptive KL controller moves β; metrics (namespaced) to logs, TensorBoard and
    metrics.jsonl with the time split; a checkpoint and sample generations every `checkpoint_every`.
 
@@ -22,6 +24,7 @@ checkpoint stays and the outputs are not written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -29,6 +32,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from rlhf import storage
+from rlhf.checkpoint import step_dir_name
 from rlhf.errors import UserError
 from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.gae import gae
@@ -38,7 +43,9 @@ from rlhf.ppo.outputs import OutputLayout, write_samples
 from rlhf.ppo.policy import SharedBaseModel
 from rlhf.ppo.prompts import PromptSampler, left_pad
 from rlhf.ppo.rollout import Rollout, generate
-from rlhf.ppo.whiten import masked_mean, masked_whiten
+from rlhf.ppo import distributed
+from rlhf.ppo.distributed import masked_whiten  # over every process's tokens (the plain one alone)
+from rlhf.ppo.whiten import masked_mean
 from rlhf.rundir import CheckpointDir, NonFiniteError  # noqa: F401  (callers catch it from here too)
 from rlhf.tracking import Tracker
 
@@ -69,8 +76,9 @@ class PPOTrainer:
 
     `prompt_ids` are encoded prompts (`prompts.load_prompt_ids`); `reward_fn` scores rollouts
     (`rlhf.ppo.reward`); `layout` says where metrics, samples and checkpoints go.
-    `rank`/`world_size` > 1: data parallel (each rank samples its own `batch_size` episodes,
-    gradients are averaged with torch.distributed before each optimizer step).
+    `rank`/`world_size` > 1: data parallel (`rlhf.ppo.distributed`: each rank samples
+    `batch_size / world_size` episodes, DDP averages the gradients, statistics and metrics are
+    reduced over the ranks, rank 0 writes).
     """
 
     def __init__(self, config: PPOConfig, model: SharedBaseModel, tokenizer, prompt_ids: Sequence[list[int]],
@@ -80,6 +88,16 @@ class PPOTrainer:
         self.model, self.tokenizer, self.reward_fn, self.layout = model, tokenizer, reward_fn, layout
         self.prompt_ids, self.prompt_texts = list(prompt_ids), prompt_texts
         self.rank, self.world_size = rank, world_size
+        for name in ("batch_size", "mini_batch_size"):
+            if getattr(config, name) % world_size:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(config, name)} does not split over "
+                                f"{world_size} devices: give a multiple of {world_size}, or other --devices")
+        # This process's share of the step's episodes and of each minibatch.
+        self.local_batch, self.local_mini = config.batch_size // world_size, config.mini_batch_size // world_size
+        if self.local_mini % config.gradient_accumulation_steps:
+            raise UserError(f"--gradient-accumulation-steps {config.gradient_accumulation_steps} must divide "
+                            f"each device's share of the minibatch ({self.local_mini} episodes on each of "
+                            f"{world_size} devices)")
         self.device = model.device
         self.eos_id, self.pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
         if self.eos_id is None:
@@ -87,7 +105,9 @@ class PPOTrainer:
         self.optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.learning_rate,
                                            eps=1e-5, weight_decay=0.0)  # eps as lm-human-preferences
         self.kl_ctl = make_controller(config.kl_coeff, config.adaptive_kl, config.kl_target, config.kl_horizon)
-        self.sampler = PromptSampler(len(self.prompt_ids), config.batch_size, config.seed, rank, world_size)
+        self.sampler = PromptSampler(len(self.prompt_ids), self.local_batch, config.seed, rank, world_size)
+        # The update's pass; with several processes, DDP averages the trainable parameters' gradients.
+        self.passes = distributed.wrap(model, distributed.update_pass)
         self.is_main = rank == 0
         self.tracker = Tracker(total_steps=config.reinforcement_learning_train_steps,
                                tensorboard_dir=layout.tensorboard_dir if self.is_main else None,
@@ -115,7 +135,8 @@ class PPOTrainer:
         return ckpt.step
 
     def save_checkpoint(self) -> None:
-        if not self.is_main:
+        if not self.is_main:  # rank 0 writes; the others name its checkpoint in their messages
+            self.checkpoints.last = storage.join(self.checkpoints.root, step_dir_name(self.step))
             return
         self.checkpoints.save(self.step, trainable=self.model.trainable_state_dict(), optimizer=self.optimizer,
                               tracker=self.tracker, state={"kl_controller": self.kl_ctl.state_dict(),
@@ -128,9 +149,11 @@ class PPOTrainer:
         every = self.cfg.checkpoint_every
         try:
             while self.step < total:
+                if self.world_size > 1:
+                    distributed.seed_step(self.cfg.seed, self.step)
                 metrics = self.ppo_step()
                 self.step += 1
-                self.tracker.log(self.step, metrics, items=self.cfg.batch_size * self.world_size)
+                self.tracker.log(self.step, metrics, items=self.cfg.batch_size)
                 if self.step == total or (every and self.step % every == 0):
                     self.write_samples()
                     self.save_checkpoint()
@@ -148,6 +171,17 @@ class PPOTrainer:
         r.prompt_index = list(indices)
         return r
 
+    @torch.no_grad()
+    def old_policy(self, r: Rollout) -> None:
+        """Replace the rollout's log-probs, entropies and values with those of one forward pass of the
+        policy as the update computes them (training precision, no KV cache), dropout off."""
+        model, mask = self.model, r.response_mask
+        logprobs, entropy, values = model.response_pass(r.input_ids, r.attention_mask, r.prompt_width,
+                                                        self.cfg.temperature, with_entropy=True)
+        if model.value_model == "adapter":
+            values = model.value_pass(r.input_ids, r.attention_mask, r.prompt_width)
+        r.logprobs, r.entropy, r.values = logprobs * mask, entropy * mask, values * mask
+
     def _check(self, name: str, value: torch.Tensor) -> None:
         self.checkpoints.check_finite(name, value, self.step + 1, NON_FINITE_CAUSES)
 
@@ -164,14 +198,12 @@ class PPOTrainer:
         r = self.rollout(self.sampler.next_batch())
         t_gen = self.timer.now()
         mask = r.response_mask
+        self.old_policy(r)
+        t_old = self.timer.now()
         use_kl = self.kl_ctl.value > 0 or cfg.adaptive_kl
         ref_logprobs = (model.reference_logprobs(r.input_ids, r.attention_mask, r.prompt_width, cfg.temperature)
                         if use_kl else None)
         t_ref = self.timer.now()
-        if model.value_model == "adapter":  # the head variant got its values from the rollout
-            with torch.no_grad():
-                r.values = model.value_pass(r.input_ids, r.attention_mask, r.prompt_width) * mask
-        t_value = self.timer.now()
         scores = self.score(r)
         t_score = self.timer.now()
 
@@ -189,13 +221,15 @@ class PPOTrainer:
         stats = self.update(r, advantages, returns)
         t_train = self.timer.now()
 
-        seq_kl = kl.sum(1).mean().item()
-        self.kl_ctl.update(seq_kl, cfg.batch_size * self.world_size)
-        tokens = float(mask.sum())
+        rows_here, tokens = mask.shape[0], float(mask.sum())
+        seq_kl = distributed.global_mean(kl.sum(1).sum().item(), rows_here)  # every rank's episodes
+        self.kl_ctl.update(seq_kl, cfg.batch_size)
+        score_sum, score_squares, n = distributed.all_sum(
+            [scores.sum().item(), scores.double().pow(2).sum().item(), rows_here])
         step_s = t_train - t0
         metrics = {
             "reward/mean": scores.mean().item(),
-            "reward/std": scores.std().item() if scores.numel() > 1 else 0.0,
+            "reward/std": math.sqrt(max(score_squares - score_sum ** 2 / n, 0.0) / (n - 1)) if n > 1 else 0.0,
             "reward/total": (scores + non_score.sum(1)).mean().item(),
             "objective/kl_coeff": self.kl_ctl.value,
             "policy/entropy": masked_mean(r.entropy, mask).item(),
@@ -207,9 +241,9 @@ class PPOTrainer:
             "perf/episodes_per_s": mask.shape[0] / step_s,
             "perf/generation_tokens_per_s": tokens / max(t_gen - t0, 1e-9),
             "time/generation_s": t_gen - t0,
-            "time/reference_s": t_ref - t_gen,
-            "time/value_s": t_value - t_ref,
-            "time/scoring_s": t_score - t_value,
+            "time/old_policy_s": t_old - t_gen,
+            "time/reference_s": t_ref - t_old,
+            "time/scoring_s": t_score - t_ref,
             "time/training_s": t_train - t_score,
             "time/step_s": step_s,
             # CPU seconds of this process (all threads): on a shared machine, a steadier cost than wall time
@@ -217,30 +251,34 @@ class PPOTrainer:
         }
         if use_kl:
             metrics["policy/kl"] = seq_kl
-        return metrics
+        # Over every rank: means weighted by episodes (tokens for per-token means), times the slowest
+        # rank's, throughputs summed; reward/std, policy/kl and β are already global.
+        return distributed.reduce_metrics(metrics, weight=rows_here,
+                                          weights={"policy/entropy": tokens, "value/mean": tokens})
 
     def update(self, r: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         cfg, model = self.cfg, self.model
         batch = r.response_ids.shape[0]
-        micro = cfg.mini_batch_size // cfg.gradient_accumulation_steps
+        micro = self.local_mini // cfg.gradient_accumulation_steps
         sums: dict[str, float] = {}
         count, norms = 0, []
         params = model.trainable_parameters()
         input_ids, attention_mask = r.input_ids, r.attention_mask
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(batch).to(self.device)
-            for start in range(0, batch, cfg.mini_batch_size):
-                mb = order[start:start + cfg.mini_batch_size]
+            for start in range(0, batch, self.local_mini):
+                mb = order[start:start + self.local_mini]
                 for m0 in range(0, len(mb), micro):
                     idx = mb[m0:m0 + micro]
-                    loss, parts = self._loss(input_ids[idx], attention_mask[idx], r, idx, advantages[idx],
-                                             returns[idx], r.prompt_width)
-                    self._check("loss/total", loss.detach())
-                    (loss / cfg.gradient_accumulation_steps).backward()
+                    last = m0 + micro >= len(mb)  # DDP averages the gradients in this backward pass
+                    with contextlib.nullcontext() if last else self.passes.no_sync():
+                        loss, parts = self._loss(input_ids[idx], attention_mask[idx], r, idx, advantages[idx],
+                                                 returns[idx], r.prompt_width)
+                        self._check("loss/total", loss.detach())
+                        (loss / cfg.gradient_accumulation_steps).backward()
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
                     count += 1
-                self._all_reduce_grads(params)
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
                 self._check("gradient norm", norm)
                 norms.append(float(norm))
@@ -252,12 +290,10 @@ class PPOTrainer:
         return out
 
     def _loss(self, input_ids, attention_mask, r: Rollout, idx, advantages, returns, prompt_width):
-        cfg, model = self.cfg, self.model
+        cfg = self.cfg
         mask = r.response_mask[idx]
-        logprobs, entropy, values = model.response_pass(input_ids, attention_mask, prompt_width, cfg.temperature,
-                                                        with_entropy=cfg.ent_coef > 0)
-        if model.value_model == "adapter":
-            values = model.value_pass(input_ids, attention_mask, prompt_width)
+        logprobs, entropy, values = self.passes(input_ids, attention_mask, prompt_width, cfg.temperature,
+                                                with_entropy=cfg.ent_coef > 0)  # distributed.update_pass
         pg_loss, pg = policy_loss(logprobs, r.logprobs[idx], advantages, mask, cfg.cliprange)
         vf_loss, vf = value_loss(values, r.values[idx], returns, mask, cfg.cliprange_value)
         loss = pg_loss + cfg.vf_coef * vf_loss
@@ -270,15 +306,6 @@ class PPOTrainer:
             parts["loss/entropy"] = ent_loss.item()
         parts["loss/total"] = loss.item()
         return loss, parts
-
-    def _all_reduce_grads(self, params) -> None:
-        if self.world_size <= 1:
-            return
-        import torch.distributed as dist
-        for p in params:
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= self.world_size
 
     # -- samples --------------------------------------------------------------------------------
 

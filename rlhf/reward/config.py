@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import ClassVar, Iterable, Optional
 
 from rlhf import settings
 from rlhf.models import DEFAULT_MODEL, decoder_only_alias
-from rlhf.settings import Settings, given, non_negative, one_of, positive, setting, within
+from rlhf.settings import Problem, Settings, given, non_negative, one_of, positive, setting, within
 
 # The learning rate that `reward_model_learning_rate_multiplier` scales: the usual AdamW rate for a
 # LoRA reward model (TRL's RewardConfig default); Google's parameter is likewise a multiplier of an
@@ -24,7 +24,8 @@ class RewardConfig(Settings):
     # Settings a restart may change without changing the result so far (rlhf.rundir compares the rest).
     RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({
         "output_dir", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard_dir", "device",
-        "save_merged_model", "preference_dataset", "eval_dataset"})
+        "devices", "save_merged_model", "preference_dataset", "eval_dataset",
+        "gradient_checkpointing"})  # recomputes the same activations (the memory plan may turn it on)
 
     preference_dataset: str = setting(
         "", "preference pairs: canonical JSONL written by `rlhf validate`, or a user file in any format "
@@ -46,11 +47,13 @@ class RewardConfig(Settings):
     reward_model_train_steps: int = setting(1000, "optimizer steps", positive)
     reward_model_learning_rate_multiplier: float = setting(
         1.0, f"learning rate = multiplier × {BASE_LEARNING_RATE:g} (AdamW)", positive)
-    batch_size: int = setting(16, "preference pairs per forward pass (each pair is chosen and rejected)",
+    batch_size: int = setting(16, "preference pairs per forward pass (each pair is chosen and rejected); "
+                                  "on N devices each forward pass holds batch_size/N pairs on each",
                               positive)
     gradient_accumulation_steps: int = setting(
         4, "forward passes per optimizer step; pairs per step = batch_size × this (64 by default, as "
-           "Google's reward trainer)", positive)
+           "Google's reward trainer), whatever the number of devices: N devices split every step's "
+           "pairs N ways, so a run on N devices trains as a run on one (up to rounding)", positive)
     warmup_ratio: float = setting(0.05, "fraction of the steps over which the learning rate rises linearly "
                                         "from 0", within(0, 1, high_open=True))
     lr_scheduler: str = setting("linear", "after warmup: linear (decay to 0), cosine or constant",
@@ -88,10 +91,15 @@ class RewardConfig(Settings):
                                              "merged/")
     tensorboard_dir: str = setting("", "TensorBoard event files (default: OUTPUT_DIR/tensorboard)")
     device: str = settings.device()
+    devices: Optional[int] = settings.devices()
     dtype: str = settings.dtype()
     use_chat_template: Optional[bool] = settings.use_chat_template()
     trust_remote_code: bool = setting(False, "allow model code from the model directory (only for models "
                                              "you trust)")
+
+    def cross_checks(self) -> Iterable[Problem]:
+        if self.dtype == "fp16":
+            yield Problem("dtype", self.dtype, settings.FP16_REFUSED)
 
     @property
     def learning_rate(self) -> float:

@@ -17,6 +17,7 @@ import torch
 
 from rlhf import models
 from rlhf.errors import UserError
+from rlhf.settings import FP16_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ def build_reward_model(ref: str, tokenizer, *, lora_rank: int, lora_alpha: float
     base = models.load_sequence_classifier(ref, dtype=dtype, device=device,
                                            trust_remote_code=trust_remote_code,
                                            pad_token_id=tokenizer.pad_token_id)
+    if base.dtype == torch.float16:
+        raise UserError(f"the reward model's weights are fp16: {FP16_REFUSED} (--dtype)")
     check_target_modules(base, target_modules, ref)
     head_name = "score" if hasattr(base, "score") else None
     if head_name is None:
@@ -89,8 +92,19 @@ def parts(model):
     return getattr(seqcls, seqcls.base_model_prefix), seqcls.score
 
 
+def active_head(head):
+    """The score head that runs: peft's trained copy (``modules_to_save``, fp32) unless adapters are
+    disabled, else the original one (in the base's dtype); a bare head is itself."""
+    copies = getattr(head, "modules_to_save", None)
+    if copies is not None and not getattr(head, "disable_adapters", False):
+        for name in getattr(head, "active_adapters", ()):
+            if name in copies:
+                return copies[name]
+    return getattr(head, "original_module", head)
+
+
 def _head(head, hidden: torch.Tensor) -> torch.Tensor:
-    weight = next(head.parameters())
+    weight = next(active_head(head).parameters())
     return head(hidden.to(weight.dtype)).squeeze(-1).float()
 
 

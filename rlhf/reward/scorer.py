@@ -7,6 +7,10 @@
 Prompts are encoded as during training (chat template or plain text, the same length limits and
 instruction), responses get EOS, and the reward is read at the last token. ``normalized`` is
 ``(raw − mean) / std`` with the statistics saved at training time.
+
+A response cut off at a length limit (``ended=False`` in ``score_messages``) gets no EOS: a response
+that ended has its EOS, as in training; one that did not is scored as it stands, which is how PPO's
+shared-base reward path scores the policy's own tokens too.
 """
 
 from __future__ import annotations
@@ -69,10 +73,12 @@ class RewardScorer:
         if local != model_dir:  # a downloaded gs:// copy: everything is in memory now
             shutil.rmtree(local, ignore_errors=True)
 
-    def encode(self, messages: Sequence[dict], response: str) -> list[int]:
+    def encode(self, messages: Sequence[dict], response: str, ended: bool = True) -> list[int]:
+        """Prompt then response token ids; EOS after the response unless it was cut off (``ended``)."""
         ids = encoding.encode_prompt(self.tokenizer, messages, self.info["use_chat_template"],
                                    self.info["prompt_sequence_length"])
-        return ids + encoding.encode_response(self.tokenizer, response, self.info["target_sequence_length"])
+        return ids + encoding.encode_response(self.tokenizer, response, self.info["target_sequence_length"],
+                                              add_eos=ended)
 
     def score(self, conversations: Sequence[Sequence[dict]], responses: Sequence[str]) -> Scores:
         """Rewards of ``responses[i]`` as the reply to ``conversations[i]`` (a list of messages;
@@ -89,11 +95,14 @@ class RewardScorer:
         return self.score_messages(messages, responses)
 
     @torch.no_grad()
-    def score_messages(self, messages: Sequence[Sequence[dict]], responses: Sequence[str]) -> Scores:
-        """Rewards for prompts given as final message lists (instruction already applied)."""
-        if len(messages) != len(responses):
-            raise ValueError("need one prompt per response")
-        seqs = [self.encode(m, r) for m, r in zip(messages, responses)]
+    def score_messages(self, messages: Sequence[Sequence[dict]], responses: Sequence[str],
+                       ended: Optional[Sequence[bool]] = None) -> Scores:
+        """Rewards for prompts given as final message lists (instruction already applied);
+        ``ended[i]`` False: response i was cut off at a length limit, scored without EOS."""
+        ended = [True] * len(responses) if ended is None else list(ended)
+        if not len(messages) == len(responses) == len(ended):
+            raise ValueError("need one prompt (and one `ended`) per response")
+        seqs = [self.encode(m, r, e) for m, r, e in zip(messages, responses, ended)]
         raw = np.empty(len(seqs))
         order = np.argsort([len(s) for s in seqs], kind="stable")  # similar lengths, little padding
         for start in range(0, len(order), self.batch_size):

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from rlhf import encoding, models
+from rlhf import distributed, encoding, models
 from rlhf.errors import UserError
 from rlhf.reward import batching, data
 from rlhf.reward.config import RewardConfig
@@ -74,8 +74,8 @@ class RewardSetup:
 
 def prepare(config: RewardConfig) -> RewardSetup:
     """Seed, data, tokenizer, split, model, optimizer, schedule and batch plan for ``config``."""
-    set_seed(config.seed)
-    device = models.pick_device(config.device or None)
+    set_seed(config.seed)  # the same on every process: the same split, plan and initial weights
+    rank, world, device = distributed.init(config.device or None)  # several processes: one GPU each
 
     all_pairs, eval_rows = data.load_datasets(config.preference_dataset, config.eval_dataset,
                                               config.instruction)
@@ -99,15 +99,19 @@ def prepare(config: RewardConfig) -> RewardSetup:
                                                 config.max_heldout_pairs, config.seed)
     train_set = [encoded[i] for i in train_idx]
     eval_sets = {"heldout": [encoded[i] for i in heldout_idx], "eval": eval_encoded}
-    log.info("%d training pairs, %d held out, %d eval pairs", len(train_set), len(heldout_idx),
-             len(eval_encoded))
+    log.info("%d training pairs, %d held out, %d eval pairs; world size %d (%s pairs per step on each "
+             "process)", len(train_set), len(heldout_idx), len(eval_encoded), world,
+             f"{config.pairs_per_step / world:g}")
 
     dtype = None if config.dtype == "auto" else config.dtype
+    from rlhf import memory_plan  # refuse a model that cannot fit before loading it (CUDA only)
+    plan = memory_plan.check_device("reward", config.large_model_reference,
+                                    memory_plan.Workload.from_configs(reward=config), device, world)
     model = build_reward_model(
         config.large_model_reference, tokenizer, lora_rank=config.reward_lora_dim,
         lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=list(config.lora_target_modules), device=device, dtype=dtype,
-        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing=config.gradient_checkpointing or bool(plan and plan.settings.get("gradient_checkpointing")),
         trust_remote_code=config.trust_remote_code, seed=config.seed)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -9,6 +9,9 @@ benchmarks call this. Shaped like the PPO step (``rlhf.ppo.run``), in four parts
 - ``rlhf.reward.trainer``: the Bradley–Terry loop with evaluations, checkpoints and the non-finite
   guard;
 - ``rlhf.reward.outputs``: the model files, then ``reward_model.json`` last.
+
+On several devices (``--devices``, ``rlhf.launch``) every process runs this function; rank 0 alone
+writes (see ``rlhf.reward.trainer`` for how the work is split).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from rlhf import storage
+from rlhf import distributed, storage
 from rlhf.reward import outputs
 from rlhf.reward.config import RewardConfig
 from rlhf.reward.setup import prepare
@@ -45,10 +48,12 @@ def train_reward_model(config: RewardConfig) -> RewardResult:
 
     norm = normalization_stats(parts.model, parts.collate, parts.train_set, config)
     final["reward/normalization_mean"], final["reward/normalization_std"] = norm["mean"], norm["std"]
-    info = outputs.model_info(config, parts.model, parts.use_chat_template, norm, final)
-    with run.publish(outputs.INFO_FILE, info) as out:
-        outputs.write_model(parts.model, parts.tokenizer, out, merged=config.save_merged_model,
-                            base_model=config.large_model_reference)
-        storage.write_json(storage.join(out, "metrics.json"), final)
+    if distributed.is_main():  # several processes (rlhf.launch): rank 0 writes, the others are done
+        info = outputs.model_info(config, parts.model, parts.use_chat_template, norm, final)
+        with run.publish(outputs.INFO_FILE, info) as out:
+            outputs.write_model(parts.model, parts.tokenizer, out, merged=config.save_merged_model,
+                                base_model=config.large_model_reference)
+            storage.write_json(storage.join(out, "metrics.json"), final)
+    distributed.shutdown()
     return RewardResult(output_dir=config.output_dir, metrics=final, normalization=norm,
                         steps=config.reward_model_train_steps, resumed_from=resumed_from, roc=trainer.roc)

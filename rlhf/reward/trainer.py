@@ -7,19 +7,27 @@ AdamW step on the mean loss (gradient clipping, the learning-rate schedule). Hel
 (``rlhf.rundir``), from which a restarted run continues exactly (weights, optimizer, scheduler, RNG,
 data position, metric history). A non-finite loss or gradient norm stops the run before the step is
 saved, keeping the last good checkpoint.
+
+On N processes (``rlhf.launch``) the step's pairs stay ``batch_size × gradient_accumulation_steps``:
+each process takes its contiguous share of every micro-batch (``batches``), DDP averages the
+gradients (``rlhf.distributed.wrap`` around ``pair_rewards``) with each share weighted by its pairs,
+so the update is the single-process one up to rounding; metrics are reduced over the processes,
+evaluation and normalization scores are computed batch by batch on the processes and gathered
+(``score_pairs``), and rank 0 alone writes metrics and checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from rlhf import checkpoint
+from rlhf import checkpoint, distributed, storage
 from rlhf.reward import batching
 from rlhf.reward.config import RewardConfig
 from rlhf.reward.losses import bradley_terry_loss
@@ -38,32 +46,47 @@ NON_FINITE_CAUSES = ("a learning rate too high (--reward-model-learning-rate-mul
 @torch.no_grad()
 def score_pairs(model, collate: Collator, pairs: Sequence[batching.EncodedPair],
                 batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rewards of every pair's chosen and rejected response, in order (eval mode)."""
+    """Rewards of every pair's chosen and rejected response, in order (eval mode). On several
+    processes each scores every N-th batch (the batches one process would form, so the scores are
+    the same) and every process gets all of them."""
     was_training = model.training
     model.eval()
     order = np.argsort([p.length(collate.share) for p in pairs], kind="stable")
     chosen, rejected = np.empty(len(pairs)), np.empty(len(pairs))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    mine = []
+    for idx in batches[distributed.rank()::distributed.world_size()] if distributed.active() else batches:
         rc, rr = pair_rewards(model, collate([pairs[i] for i in idx]))
         chosen[idx], rejected[idx] = rc.cpu().numpy(), rr.cpu().numpy()
+        mine.append(idx)
     model.train(was_training)
+    if distributed.active():
+        for part in distributed.gather([(idx, chosen[idx], rejected[idx]) for idx in mine]):
+            for idx, rc, rr in part:
+                chosen[idx], rejected[idx] = rc, rr
     return chosen, rejected
 
 
 def train_step(model, collate: Collator, batches: Sequence[Sequence[batching.EncodedPair]],
-               optimizer, scheduler, config: RewardConfig) -> dict[str, float]:
+               optimizer, scheduler, config: RewardConfig, forward=None,
+               shares: Optional[Sequence[float]] = None) -> dict[str, float]:
     """One optimizer step over ``batches`` (the gradient-accumulation micro-batches); returns the
     step's metrics, averaged over its pairs. Skips the update when the loss or the gradient norm is
-    not finite (the caller stops the run), so the weights stay the last good ones."""
+    not finite (the caller stops the run), so the weights stay the last good ones.
+
+    Several processes: ``forward`` is the DDP-wrapped ``pair_rewards`` (``rlhf.distributed.wrap``)
+    and ``shares`` each micro-batch's weight in the step's loss times the world size (DDP averages
+    the processes' gradients); the metrics come back reduced over the processes."""
+    forward = forward or distributed.Local(model, pair_rewards)
     n_pairs = sum(len(b) for b in batches)
+    shares = list(shares) if shares is not None else [len(b) / n_pairs for b in batches]
     sums = {"loss/total": 0.0, "loss/bt": 0.0, "loss/center": 0.0, "train/accuracy": 0.0,
             "train/margin": 0.0, "reward/chosen": 0.0, "reward/rejected": 0.0}
-    for pairs in batches:
-        rc, rr = pair_rewards(model, collate(pairs))
-        loss, parts = bradley_terry_loss(rc, rr, config.margin, config.center_rewards_coefficient)
-        weight = len(pairs) / n_pairs  # mean over the step's pairs, whatever the batch sizes
-        (loss * weight).backward()
+    for k, (pairs, weight) in enumerate(zip(batches, shares)):  # weight: mean over the step's pairs
+        with contextlib.nullcontext() if k == len(batches) - 1 else forward.no_sync():  # DDP: sync the last
+            rc, rr = forward(collate(pairs))
+            loss, parts = bradley_terry_loss(rc, rr, config.margin, config.center_rewards_coefficient)
+            (loss * weight).backward()
         d = (rc - rr).detach()
         sums["loss/total"] += loss.item() * weight
         for name, value in parts.items():
@@ -74,6 +97,7 @@ def train_step(model, collate: Collator, batches: Sequence[Sequence[batching.Enc
         sums["reward/rejected"] += rr.detach().mean().item() * weight
     if not config.center_rewards_coefficient:
         del sums["loss/center"]
+    sums = distributed.reduce_metrics(sums)  # each process's part of the step's mean, × world size
     sums["optim/lr"] = scheduler.get_last_lr()[0]
     if not math.isfinite(sums["loss/total"]):
         optimizer.zero_grad(set_to_none=True)
@@ -106,11 +130,15 @@ class RewardTrainer:
 
     def __init__(self, config: RewardConfig, parts: RewardSetup, run: RunDir):
         self.cfg, self.parts = config, parts
+        self.is_main = distributed.is_main()  # rank 0 writes metrics and checkpoints
         self.checkpoints = CheckpointDir(run.checkpoints_dir, config, keep_last=config.keep_checkpoints)
         self.tracker = Tracker(total_steps=config.reward_model_train_steps,
-                               tensorboard_dir=run.stage(config.tensorboard_dir or run.path("tensorboard")),
-                               jsonl_path=run.path("metrics.jsonl"), log_every=config.log_every,
-                               item_name="pairs", show=SHOWN)
+                               tensorboard_dir=(run.stage(config.tensorboard_dir or run.path("tensorboard"))
+                                                if self.is_main else None),
+                               jsonl_path=run.path("metrics.jsonl") if self.is_main else None,
+                               log_every=config.log_every, item_name="pairs", show=SHOWN)
+        # The step's pass; with several processes, DDP averages the trainable parameters' gradients.
+        self.forward = distributed.wrap(parts.model, pair_rewards)
         self.step = 0
         self.evaluated: dict = {}  # the last evaluation: scalars and confusion matrices
         self.roc: dict = {}        # prefix -> (fpr, tpr, thresholds) of the last evaluation
@@ -128,6 +156,9 @@ class RewardTrainer:
 
     def save_checkpoint(self) -> None:
         p = self.parts
+        if not self.is_main:  # rank 0 writes; the others name its checkpoint in their messages
+            self.checkpoints.last = storage.join(self.checkpoints.root, checkpoint.step_dir_name(self.step))
+            return
         self.checkpoints.save(self.step, trainable=checkpoint.trainable_state_dict(p.model),
                               optimizer=p.optimizer, scheduler=p.scheduler, tracker=self.tracker,
                               state={"data_position": self.step * self.cfg.gradient_accumulation_steps})
@@ -142,6 +173,22 @@ class RewardTrainer:
         return [[self.parts.train_set[i] for i in self.parts.plan.batch(k)]
                 for k in range(first, first + accumulate)]
 
+    def shard(self, batches: list[list[batching.EncodedPair]]) -> tuple[list[list], list[float]]:
+        """This process's contiguous share of each micro-batch, and each share's weight in the
+        step's mean loss times the world size (DDP divides by it). A share left empty (a micro-batch
+        shorter than the world) runs a stand-in pair with weight 0, so every process runs as many
+        backward passes."""
+        world = distributed.world_size() if distributed.active() else 1
+        if world == 1:
+            return batches, [len(b) / sum(len(b) for b in batches) for b in batches]
+        total = sum(len(b) for b in batches)
+        mine, shares = [], []
+        for micro in batches:
+            start, end = distributed.shard_bounds(len(micro))
+            mine.append(micro[start:end] or micro[:1])
+            shares.append(world * (end - start) / total)
+        return mine, shares
+
     def train(self) -> dict:
         """The remaining steps; returns the final metrics: the last value of every tracked metric,
         the training time (evaluations excluded) and the final evaluation."""
@@ -152,7 +199,8 @@ class RewardTrainer:
             while self.step < total:
                 t0 = time.perf_counter()
                 batches = self.batches(self.step)
-                sums = train_step(p.model, p.collate, batches, p.optimizer, p.scheduler, cfg)
+                mine, shares = self.shard(batches)
+                sums = train_step(p.model, p.collate, mine, p.optimizer, p.scheduler, cfg, self.forward, shares)
                 for name in ("loss/total", "optim/grad_norm"):
                     if name in sums:
                         self.checkpoints.check_finite(name, sums[name], self.step + 1, NON_FINITE_CAUSES)
