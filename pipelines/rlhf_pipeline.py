@@ -16,15 +16,12 @@ from components.deploy import deployment_skipped
 from pipelines.deployment import deployment_stage
 from pipelines.evaluation import evaluation_stage
 from pipelines.reward import reward_model_stage
-from pipelines.targets import check_target, request_small_machine, stage_hardware, stage_settings
+from pipelines.targets import (LOCATION_PLACEHOLDER, PROJECT_ID_PLACEHOLDER, check_target, job_platform,
+                               request_small_machine, stage_hardware, stage_settings)
 from pipelines.tuning import reinforcement_learning_stage
 from pipelines.validation import validation_stage
 from rlhf.pipeline_settings import EVALUATION, REINFORCEMENT_LEARNING, REWARD_MODEL, default
 from rlhf.deploy import DEFAULT_SERVING_IMAGE
-
-# Google's placeholders: Vertex fills in the project and region the pipeline runs in.
-PROJECT_ID_PLACEHOLDER = "{{$.pipeline_google_cloud_project_id}}"
-LOCATION_PLACEHOLDER = "{{$.pipeline_google_cloud_location}}"
 
 PIPELINE_NAME = "rlhf-train-template"
 
@@ -35,13 +32,15 @@ PipelineOutput = NamedTuple("Outputs", model_resource_name=str, endpoint_resourc
 
 
 @functools.lru_cache(maxsize=None)
-def build_pipeline(target: str = "vertex"):
-    """The pipeline compiled for `target` (see `pipelines.targets`)."""
+def build_pipeline(target: str = "vertex", training_operator: Optional[str] = None):
+    """The pipeline compiled for `target` (see `pipelines.targets`); on a Kubeflow target with a
+    `training_operator` (trainjob or pytorchjob) a multi-node stage runs as that operator's job."""
     check_target(target)
+    job_platform(target, training_operator)  # checks the operator's name
     # Sub-pipelines are built before the pipeline that calls them (kfp builds a graph on decoration).
     validate_inputs = validation_stage(target)
-    train_reward_model = reward_model_stage(target)
-    reinforcement_learning = reinforcement_learning_stage(target)
+    train_reward_model = reward_model_stage(target, training_operator)
+    reinforcement_learning = reinforcement_learning_stage(target, training_operator)
     evaluate = evaluation_stage(target)
     upload_and_deploy = deployment_stage(target) if target == "vertex" else None
 
@@ -85,10 +84,14 @@ def build_pipeline(target: str = "vertex"):
         reward_model_accelerator_count: int = 1,
         reward_model_cpu_limit: str = "8",
         reward_model_memory_limit: str = "32G",
+        reward_model_replica_count: int = 1,
+        reward_model_machine_type: str = "",
         reinforcement_learning_accelerator_type: str = "NVIDIA_L4",
         reinforcement_learning_accelerator_count: int = 1,
         reinforcement_learning_cpu_limit: str = "8",
         reinforcement_learning_memory_limit: str = "32G",
+        reinforcement_learning_replica_count: int = 1,
+        reinforcement_learning_machine_type: str = "",
         evaluation_accelerator_type: str = "NVIDIA_L4",
         evaluation_accelerator_count: int = 1,
         evaluation_cpu_limit: str = "8",
@@ -120,7 +123,7 @@ def build_pipeline(target: str = "vertex"):
           project: Project for Vertex AI resources (model, endpoint, TensorBoard); default: the pipeline's project. Google's parameter.
           accelerator_type: `GPU` (Google's parameter, kept for compatibility): the trainers run on NVIDIA GPUs; `TPU` is refused before anything runs.
           location: Region for Vertex AI resources; default: the pipeline's region. Google's parameter.
-          encryption_spec_key_name: Cloud KMS key for the model and endpoint the pipeline creates (`rlhf submit --encryption-spec-key-name` sets it too). Google's parameter.
+          encryption_spec_key_name: Cloud KMS key for the model, the endpoint and the multi-node training jobs the pipeline creates (`rlhf submit --encryption-spec-key-name` sets it too). Google's parameter.
           tensorboard_resource_id: Vertex AI TensorBoard (`projects/P/locations/L/tensorboards/ID`) that receives the training metrics; empty for none. Google's parameter.
           seed: Random seed of every stage: data order, held-out split, initialization, PPO sampling and evaluation sampling.
           reward_lora_dim: LoRA rank of the reward model (Google's reward trainer uses 4).
@@ -135,10 +138,14 @@ def build_pipeline(target: str = "vertex"):
           reward_model_accelerator_count: GPUs for reward model training (on a Kubeflow cluster: nvidia.com/gpu).
           reward_model_cpu_limit: CPUs for reward model training; Vertex AI picks the smallest machine with the GPUs, CPUs and memory asked for.
           reward_model_memory_limit: Memory for reward model training, e.g. 32G.
+          reward_model_replica_count: Machines for reward model training; more than 1 runs it as a multi-node job (Vertex AI: a CustomJob; Kubeflow: a TrainJob) with the stage's GPUs on every machine.
+          reward_model_machine_type: Machine type for reward model training as a job, e.g. a3-highgpu-8g, a2-ultragpu-8g, g2-standard-48 (on Kubeflow: the nodes' node.kubernetes.io/instance-type); empty: chosen from the accelerator type and count, and with one machine the stage trains in its pipeline task.
           reinforcement_learning_accelerator_type: GPU for PPO on Vertex AI.
           reinforcement_learning_accelerator_count: GPUs for PPO (on a Kubeflow cluster: nvidia.com/gpu).
           reinforcement_learning_cpu_limit: CPUs for PPO.
           reinforcement_learning_memory_limit: Memory for PPO, e.g. 32G.
+          reinforcement_learning_replica_count: Machines for PPO; more than 1 runs it as a multi-node job (Vertex AI: a CustomJob; Kubeflow: a TrainJob) with the stage's GPUs on every machine.
+          reinforcement_learning_machine_type: Machine type for PPO as a job, e.g. a3-highgpu-8g (on Kubeflow: the nodes' node.kubernetes.io/instance-type); empty: chosen from the accelerator type and count, and with one machine PPO trains in its pipeline task.
           evaluation_accelerator_type: GPU for evaluation on Vertex AI.
           evaluation_accelerator_count: GPUs for evaluation.
           evaluation_cpu_limit: CPUs for evaluation.
@@ -170,6 +177,7 @@ def build_pipeline(target: str = "vertex"):
             eval_data=data.outputs["eval_data"],
             options=reward_model_options,
             tensorboard_resource_id=tensorboard_resource_id,
+            encryption_spec_key_name=encryption_spec_key_name,
             **stage_settings(REWARD_MODEL, params),
             **stage_hardware("reward_model", params),
         ).set_display_name("Train Reward Model")
@@ -179,6 +187,7 @@ def build_pipeline(target: str = "vertex"):
             reward_model=reward.outputs["reward_model"],
             options=reinforcement_learning_options,
             tensorboard_resource_id=tensorboard_resource_id,
+            encryption_spec_key_name=encryption_spec_key_name,
             **stage_settings(REINFORCEMENT_LEARNING, params),
             **stage_hardware("reinforcement_learning", params),
         ).set_display_name("Reinforcement Learning")

@@ -8,6 +8,12 @@
 - `kfp-cpu`: a Kubeflow Pipelines cluster without GPUs (a kind cluster on a laptop): CPU and memory
   only.
 - `local`: kfp's local runner. Nothing is requested (the local runner ignores resources anyway).
+
+A training stage with `*_replica_count` > 1 or a `*_machine_type` runs as a multi-node job instead
+(`rlhf.jobs`): a Vertex AI CustomJob on `vertex`; on `kfp` a Kubeflow Trainer TrainJob or a Training
+Operator PyTorchJob when compiled with `--training-operator trainjob|pytorchjob` (without it the
+graph stays one the local runner can run: kfp's local runner cannot resolve `dsl.OneOf`); `local`
+always trains in its task.
 """
 
 from __future__ import annotations
@@ -25,6 +31,11 @@ from rlhf.pipeline_settings import Stage
 
 TARGETS = ("vertex", "kfp", "kfp-cpu", "local")
 KFP_GPU_RESOURCE = "nvidia.com/gpu"
+TRAINING_OPERATORS = ("trainjob", "pytorchjob")  # what runs a multi-node stage on a Kubeflow cluster
+
+# Google's placeholders: Vertex fills in the project and region the pipeline runs in.
+PROJECT_ID_PLACEHOLDER = "{{$.pipeline_google_cloud_project_id}}"
+LOCATION_PLACEHOLDER = "{{$.pipeline_google_cloud_location}}"
 
 # Small CPU steps (validation, uploads, bookkeeping): Vertex's default e2-standard-4 fits them.
 SMALL_CPU = "4"
@@ -100,13 +111,31 @@ def on_gpus(target: str, make_task: Callable[[str], PipelineTask], *, gpu_type, 
 # A stage sub-pipeline is sized by these inputs; the pipeline fills them from its parameters with
 # `stage_hardware`.
 GPU_PROFILE = {"gpu_type": str, "gpu_count": int, "cpu_limit": str, "memory_limit": str}
+# A training stage also says how many machines, and which machine type ("": from the GPUs).
+NODES_PROFILE = {"replica_count": int, "machine_type": str}
 
 
 def stage_hardware(prefix: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """The profile of stage `prefix` (e.g. `reward_model`) from the pipeline's parameters
-    `{prefix}_accelerator_type`, `_accelerator_count`, `_cpu_limit` and `_memory_limit`."""
-    return {"gpu_type": params[f"{prefix}_accelerator_type"], "gpu_count": params[f"{prefix}_accelerator_count"],
-            "cpu_limit": params[f"{prefix}_cpu_limit"], "memory_limit": params[f"{prefix}_memory_limit"]}
+    `{prefix}_accelerator_type`, `_accelerator_count`, `_cpu_limit` and `_memory_limit`, and for a
+    training stage `{prefix}_replica_count` and `_machine_type`."""
+    hardware = {"gpu_type": params[f"{prefix}_accelerator_type"], "gpu_count": params[f"{prefix}_accelerator_count"],
+                "cpu_limit": params[f"{prefix}_cpu_limit"], "memory_limit": params[f"{prefix}_memory_limit"]}
+    if f"{prefix}_replica_count" in params:
+        hardware.update(replica_count=params[f"{prefix}_replica_count"],
+                        machine_type=params[f"{prefix}_machine_type"])
+    return hardware
+
+
+def job_platform(target: str, training_operator: str | None = None) -> str | None:
+    """What runs a multi-node stage on `target` (`rlhf.jobs.launcher.PLATFORMS`): a custom job on
+    `vertex`, the chosen operator's job on a Kubeflow target; None (always in the task) on `local`
+    and on a Kubeflow target compiled without an operator."""
+    check_target(target)
+    if training_operator is not None and training_operator not in TRAINING_OPERATORS:
+        raise ValueError(f"unknown training operator {training_operator!r}: choose one of "
+                         f"{', '.join(TRAINING_OPERATORS)}")
+    return {"vertex": "vertex", "local": None}.get(target, training_operator)
 
 
 def stage_settings(stage: Stage, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -153,18 +182,28 @@ def declared(types: Mapping[str, type]) -> list[inspect.Parameter]:
     return [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=t) for n, t in types.items()]
 
 
-def training_stage(target: str, component, *, name: str, description: str, display_name: str,
-                   tensorboard_run: str, upload_display_name: str, outputs: type):
-    """A stage sub-pipeline that runs `component` on the GPUs its profile asks for and uploads its
-    TensorBoard logs; it takes the component's own inputs plus the hardware profile, and returns
-    `outputs` (a NamedTuple of the component's outputs)."""
+def training_stage(target: str, component, launcher, *, name: str, description: str, display_name: str,
+                   tensorboard_run: str, upload_display_name: str, outputs: type,
+                   training_operator: str | None = None):
+    """A stage sub-pipeline that trains with `component` on the GPUs its profile asks for and uploads
+    its TensorBoard logs; it takes the component's own inputs plus the hardware profile, and returns
+    `outputs` (a NamedTuple of the component's outputs).
+
+    Except on `local`, a stage asked for several machines or a machine type runs `launcher` instead
+    (the same inputs and outputs; `components.jobs`), which creates a multi-node job on the target's
+    platform from a small CPU machine: `dsl.If` on a small decision step, `dsl.OneOf` for outputs."""
+    from components.image import TRAINER_IMAGE
+    from components.jobs import runs_as_job
     from pipelines.tensorboard import upload_training_metrics
 
-    inputs = component_inputs(component) + declared({**GPU_PROFILE, "tensorboard_resource_id": str})
+    platform = job_platform(target, training_operator)
+    inputs = component_inputs(component) + declared(
+        {**GPU_PROFILE, **NODES_PROFILE, "tensorboard_resource_id": str, "encryption_spec_key_name": str})
 
     @sub_pipeline(name, description, inputs, returns=outputs)
-    def pipeline(tensorboard_resource_id, **values):
+    def pipeline(tensorboard_resource_id, encryption_spec_key_name, **values):
         hardware = {k: values.pop(k) for k in GPU_PROFILE}
+        nodes = {k: values.pop(k) for k in NODES_PROFILE}
 
         def make_task(kind: str) -> PipelineTask:
             task = component(**values).set_display_name(f"{display_name} ({kind.upper()})")
@@ -172,7 +211,29 @@ def training_stage(target: str, component, *, name: str, description: str, displ
                                     display_name=upload_display_name)
             return task
 
-        output = on_gpus(target, make_task, **hardware)
-        return outputs(**{field: output(field) for field in outputs._fields})
+        if platform is None:  # always in the task (local; Kubeflow without a training operator)
+            output = on_gpus(target, make_task, **hardware)
+            return outputs(**{field: output(field) for field in outputs._fields})
+
+        decide = request_small_machine(runs_as_job(**nodes), target).set_display_name(
+            "Several machines or a machine type?")
+        with dsl.If(decide.output == True, name="As a multi-node job"):  # noqa: E712 (a pipeline condition)
+            on_vertex = platform == "vertex"
+            job = launcher(
+                **values, **nodes, platform=platform, image=TRAINER_IMAGE,
+                gpu_type=hardware["gpu_type"], gpu_count=0 if target == "kfp-cpu" else hardware["gpu_count"],
+                cpu_limit=hardware["cpu_limit"], memory_limit=hardware["memory_limit"],
+                project=PROJECT_ID_PLACEHOLDER if on_vertex else "",
+                location=LOCATION_PLACEHOLDER if on_vertex else "",
+                pipeline_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER if on_vertex else "",
+                encryption_spec_key_name=encryption_spec_key_name,
+            ).set_display_name(f"{display_name} (multi-node job)")
+            request_small_machine(with_hub_token_secret(job), target)
+            upload_training_metrics(job, target, tensorboard_resource_id, run_name=tensorboard_run,
+                                    display_name=upload_display_name)
+        with dsl.Else(name="In the pipeline task"):
+            output = on_gpus(target, make_task, **hardware)
+        return outputs(**{field: dsl.OneOf(job.outputs[field], output(field)) for field in outputs._fields})
 
     return pipeline

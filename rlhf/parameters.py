@@ -23,7 +23,7 @@ import yaml
 
 from rlhf import storage
 from rlhf.errors import UserError
-from rlhf.pipeline_settings import HARDWARE_STAGES, accelerator_type_problem, setting_problems
+from rlhf.pipeline_settings import HARDWARE_STAGES, MULTI_NODE_STAGES, accelerator_type_problem, setting_problems
 
 STRING, INTEGER, DOUBLE, BOOLEAN, LIST, STRUCT = (
     "STRING", "NUMBER_INTEGER", "NUMBER_DOUBLE", "BOOLEAN", "LIST", "STRUCT")
@@ -74,6 +74,11 @@ class Template:
     @property
     def name(self) -> str:
         return self.spec.get("pipelineInfo", {}).get("name", "")
+
+    @property
+    def launches_jobs(self) -> bool:
+        """Whether a training stage can run as a multi-node job (a launcher step in the graph)."""
+        return any(name.startswith("comp-launch-") for name in self.spec.get("components", {}))
 
     @property
     def target(self) -> Optional[str]:
@@ -203,7 +208,36 @@ def _hardware_rules() -> dict[str, Callable[[Any], Optional[str]]]:
     for prefix in HARDWARE_STAGES:
         rules.update({f"{prefix}_accelerator_type": _vertex_accelerator, f"{prefix}_accelerator_count": _count,
                       f"{prefix}_cpu_limit": _cpu, f"{prefix}_memory_limit": _memory})
+    for prefix in MULTI_NODE_STAGES:
+        rules.update({f"{prefix}_replica_count": _count, f"{prefix}_machine_type": _machine_type})
     return rules
+
+
+def _machine_type(value) -> Optional[str]:
+    from rlhf.jobs.machines import machine_type_problem
+    return machine_type_problem(value)
+
+
+def _job_machine_problems(template: "Template", values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A stage asked to run as a job (several machines, or a machine type) needs a template that
+    launches jobs (a Kubeflow one is compiled with --training-operator); on Vertex AI, with no
+    machine type given, a machine that carries its GPUs (`rlhf.jobs.machines`)."""
+    from rlhf.jobs.machines import machine_type_for
+    out = []
+    for prefix in MULTI_NODE_STAGES:
+        replicas, machine = values.get(f"{prefix}_replica_count", 1), values.get(f"{prefix}_machine_type", "")
+        if (replicas > 1 or machine) and not template.launches_jobs:
+            name = f"{prefix}_replica_count" if replicas > 1 else f"{prefix}_machine_type"
+            out.append((name, f"{name} {values[name]!r}: this template trains every stage in one pod; compile "
+                              f"it with `rlhf compile --target kfp --training-operator trainjob` (or pytorchjob) "
+                              f"to run a stage on several machines"))
+        elif replicas > 1 and not machine and template.target == "vertex":
+            try:
+                machine_type_for(values.get(f"{prefix}_accelerator_type", ""),
+                                 values.get(f"{prefix}_accelerator_count", 1), what=f"{prefix}_machine_type")
+            except UserError as e:
+                out.append((f"{prefix}_replica_count", f"{prefix}_replica_count {replicas}: {e}"))
+    return out
 
 
 def _count(value) -> Optional[str]:
@@ -298,6 +332,9 @@ def check_parameters(template: Template, values: Mapping[str, Any], sources: Map
         every.update(out)
         for name, problem in setting_problems(every):
             problems.append(f"{sources.get(name) or template.path}: {problem}")
+        if template.target != "local":
+            for name, problem in _job_machine_problems(template, every):
+                problems.append(f"{sources.get(name) or template.path}: {problem}")
         if not problems:  # does the model fit each GPU stage? (rlhf.memory_plan; aliases and local configs)
             from rlhf.memory_plan import pipeline_problems
             for name, problem in pipeline_problems(every):

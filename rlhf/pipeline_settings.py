@@ -115,6 +115,9 @@ def accelerator_type_problem(value: str) -> Optional[str]:
 # Stages whose machines the pipeline sizes with `{prefix}_accelerator_type`, `_accelerator_count`,
 # `_cpu_limit` and `_memory_limit` parameters.
 HARDWARE_STAGES = ("reward_model", "reinforcement_learning", "evaluation")
+# Training stages that may also run on several machines (`{prefix}_replica_count`) or a named
+# machine type (`{prefix}_machine_type`) as a multi-node job (rlhf.jobs).
+MULTI_NODE_STAGES = ("reward_model", "reinforcement_learning")
 
 
 def default(parameter: str) -> Any:

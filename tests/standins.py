@@ -1,5 +1,6 @@
-"""Local HTTP stand-ins of the Vertex AI and Kubeflow Pipelines REST APIs, of a container registry
-(Docker Registry HTTP API v2 manifests, with the Bearer token dance) and of IAM's service accounts.
+"""Local HTTP stand-ins of the Vertex AI (pipeline jobs, custom jobs, models, endpoints) and Kubeflow
+Pipelines REST APIs, of the Kubernetes API's custom objects (TrainJobs, PyTorchJobs), of a container
+registry (Docker Registry HTTP API v2 manifests, with the Bearer token dance) and of IAM's service accounts.
 
 They answer just enough of each API for the real clients (`google.cloud.aiplatform` with
 `api_transport="rest"`, `kfp.Client`) to submit a run, poll it, upload a model and deploy it, and
@@ -136,14 +137,31 @@ _LOC = r"/v1/projects/([^/]+)/locations/([^/]+)"
 
 class VertexStandIn(StandIn):
     """`pipelineJobs` create/get, `models:upload`, `endpoints` create and `deployModel`, and the
-    long-running operations they return (done at once). `final_state` is what a polled job reports."""
+    long-running operations they return (done at once). `final_state` is what a polled job reports.
 
-    def __init__(self, final_state: str = "PIPELINE_STATE_SUCCEEDED"):
+    `customJobs` create/get/`:cancel`: each GET of a custom job moves it one step along
+    `custom_job_states` (default queued, pending, running, succeeded) and stays on the last;
+    `custom_job_error` is its error when that is JOB_STATE_FAILED; `:cancel` makes it CANCELLING,
+    then CANCELLED on the next GET. `on_custom_job_state(job, state)` is called on each move (a test
+    writes what rank 0 would have written when it reaches JOB_STATE_SUCCEEDED)."""
+
+    def __init__(self, final_state: str = "PIPELINE_STATE_SUCCEEDED",
+                 custom_job_states=("JOB_STATE_QUEUED", "JOB_STATE_PENDING", "JOB_STATE_RUNNING",
+                                    "JOB_STATE_SUCCEEDED"),
+                 custom_job_error: str = "", on_custom_job_state: Optional[Callable[[dict, str], None]] = None):
         super().__init__()
         self.final_state = final_state
         self.jobs: dict[str, dict] = {}
         self.models: dict[str, dict] = {}
         self.endpoints: dict[str, dict] = {}
+        self.custom_jobs: dict[str, dict] = {}
+        self.custom_job_states = list(custom_job_states)
+        self.custom_job_error = custom_job_error
+        self.on_custom_job_state = on_custom_job_state
+        self._steps: dict[str, int] = {}
+        self.route("POST", _LOC + r"/customJobs", self._create_custom_job)
+        self.route("GET", _LOC + r"/customJobs/([^/:]+)", self._get_custom_job)
+        self.route("POST", _LOC + r"/customJobs/([^/:]+):cancel", self._cancel_custom_job)
         self.route("POST", _LOC + r"/pipelineJobs", self._create_job)
         self.route("GET", _LOC + r"/pipelineJobs/([^/]+)", self._get_job)
         self.route("POST", _LOC + r"/models:upload", self._upload_model)
@@ -159,6 +177,47 @@ class VertexStandIn(StandIn):
                    createTime="2024-01-01T00:00:00Z")
         self.jobs[name] = job
         return 200, job
+
+    def add_pipeline_job(self, project: str, location: str, job_id: str, **fields) -> dict:
+        """A running pipeline job as Vertex would answer GET (serviceAccount, network, labels...)."""
+        name = f"projects/{project}/locations/{location}/pipelineJobs/{job_id}"
+        self.jobs[name] = dict(fields, name=name, state="PIPELINE_STATE_RUNNING", createTime="2024-01-01T00:00:00Z")
+        return self.jobs[name]
+
+    def _create_custom_job(self, request, project, location):
+        job_id = str(len(self.custom_jobs) + 7000)
+        name = f"projects/{project}/locations/{location}/customJobs/{job_id}"
+        job = dict(request.body or {}, name=name, state="JOB_STATE_QUEUED", createTime="2024-01-01T00:00:00Z")
+        self.custom_jobs[name] = job
+        self._steps[name] = 0
+        return 200, job
+
+    def _move(self, job: dict, state: str) -> None:
+        if job["state"] == state:
+            return
+        job["state"] = state
+        if state == "JOB_STATE_FAILED":
+            job["error"] = {"code": 3, "message": self.custom_job_error or "the job failed"}
+        if self.on_custom_job_state:
+            self.on_custom_job_state(job, state)
+
+    def _get_custom_job(self, request, project, location, job_id):
+        name = f"projects/{project}/locations/{location}/customJobs/{job_id}"
+        if name not in self.custom_jobs:
+            return 404, {"error": {"code": 404, "message": f"{name} not found", "status": "NOT_FOUND"}}
+        job = self.custom_jobs[name]
+        if job["state"] == "JOB_STATE_CANCELLING":
+            self._move(job, "JOB_STATE_CANCELLED")
+        elif job["state"] not in ("JOB_STATE_CANCELLED",):
+            step = min(self._steps[name], len(self.custom_job_states) - 1)
+            self._steps[name] += 1
+            self._move(job, self.custom_job_states[step])
+        return 200, job
+
+    def _cancel_custom_job(self, request, project, location, job_id):
+        name = f"projects/{project}/locations/{location}/customJobs/{job_id}"
+        self._move(self.custom_jobs[name], "JOB_STATE_CANCELLING")
+        return 200, {}
 
     def _get_job(self, request, project, location, job_id):
         name = f"projects/{project}/locations/{location}/pipelineJobs/{job_id}"
@@ -339,3 +398,58 @@ class IamStandIn(StandIn):
         asked = (request.body or {}).get("permissions", [])
         held = [p for p in asked if p in self.accounts[email]]
         return 200, {"permissions": held} if held else {}
+
+
+class KubernetesStandIn(StandIn):
+    """The Kubernetes API's custom objects, as the `kubernetes` client calls them: create
+    (`POST /apis/GROUP/VERSION/namespaces/NS/PLURAL`), get and delete (`.../PLURAL/NAME`). Each GET
+    moves an object one step along `conditions` (a list of condition lists, e.g. [[], [Created],
+    [Created, Complete]]) and stays on the last; a deleted object answers 404."""
+
+    def __init__(self, conditions=((),)):
+        super().__init__()
+        self.conditions = [list(c) for c in conditions]
+        self.objects: dict[str, dict] = {}
+        self.deleted: list[str] = []
+        self._steps: dict[str, int] = {}
+        base = r"/apis/([^/]+)/([^/]+)/namespaces/([^/]+)/([^/]+)"
+        self.route("POST", base, self._create)
+        self.route("GET", base + r"/([^/]+)", self._get)
+        self.route("DELETE", base + r"/([^/]+)", self._delete)
+
+    @staticmethod
+    def _key(group, version, namespace, plural, name) -> str:
+        return f"{group}/{version}/{namespace}/{plural}/{name}"
+
+    @staticmethod
+    def _missing(name):
+        return 404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                     "message": f"{name} not found", "code": 404}
+
+    def _create(self, request, group, version, namespace, plural):
+        body = dict(request.body)
+        name = body["metadata"]["name"]
+        key = self._key(group, version, namespace, plural, name)
+        if key in self.objects:
+            return 409, {"kind": "Status", "status": "Failure", "reason": "AlreadyExists", "code": 409}
+        body["metadata"] = dict(body["metadata"], uid=uuid.uuid4().hex, creationTimestamp="2024-01-01T00:00:00Z")
+        self.objects[key] = body
+        self._steps[key] = 0
+        return 201, body
+
+    def _get(self, request, group, version, namespace, plural, name):
+        key = self._key(group, version, namespace, plural, name)
+        if key not in self.objects:
+            return self._missing(name)
+        step = min(self._steps[key], len(self.conditions) - 1)
+        self._steps[key] += 1
+        obj = dict(self.objects[key], status={"conditions": self.conditions[step]})
+        return 200, obj
+
+    def _delete(self, request, group, version, namespace, plural, name):
+        key = self._key(group, version, namespace, plural, name)
+        if key not in self.objects:
+            return self._missing(name)
+        self.deleted.append(key)
+        del self.objects[key]
+        return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}}

@@ -1,0 +1,133 @@
+"""KFP components: a training stage as a multi-node job (`rlhf.jobs`), and the decision to run one.
+
+A launcher takes the training component's own inputs plus where and how the job runs, and declares
+the training component's outputs, so the stage returns the same artifacts whichever ran. It runs on
+a small CPU machine: the job's nodes hold the GPUs. Bodies are a few lines over `rlhf.jobs.launcher`.
+"""
+
+from typing import Optional
+
+from kfp import dsl
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components.image import IMAGE
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def runs_as_job(replica_count: int, machine_type: str) -> bool:
+    """True when the stage needs its own job: several machines, or a named machine type (a pipeline
+    task cannot choose its machine)."""
+    return replica_count > 1 or bool(machine_type.strip())
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def launch_reward_model_job(
+    preference_data: Input[Dataset],
+    reward_model: Output[Model],
+    metrics: Output[Metrics],
+    classification_metrics: Output[ClassificationMetrics],
+    tensorboard_logs: Output[Artifact],
+    large_model_reference: str,
+    prompt_sequence_length: int,
+    target_sequence_length: int,
+    reward_model_train_steps: int,
+    reward_model_learning_rate_multiplier: float,
+    reward_lora_dim: int,
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    seed: int,
+    options: dict,
+    platform: str,
+    image: str,
+    replica_count: int,
+    machine_type: str,
+    gpu_type: str,
+    gpu_count: int,
+    cpu_limit: str,
+    memory_limit: str,
+    project: str,
+    location: str,
+    pipeline_job_name: str,
+    pipeline_root: str,
+    encryption_spec_key_name: str,
+    eval_data: Optional[Input[Dataset]] = None,
+    instruction: Optional[str] = None,
+):
+    """`train_reward_model` as a job of `replica_count` machines on `platform` (vertex, trainjob,
+    pytorchjob); the same outputs, filled from what rank 0 wrote (the ROC curve is not written to
+    disk, so only the in-task step logs it)."""
+    from rlhf import storage
+    from rlhf.jobs.launcher import Hardware, Launch, launch_reward
+
+    launch = Launch(platform, image, Hardware(replica_count, gpu_type, gpu_count, machine_type, cpu_limit,
+                                              memory_limit), project, location, pipeline_job_name,
+                    pipeline_root, encryption_spec_key_name)
+    settings = {"large_model_reference": large_model_reference, "instruction": instruction,
+                "prompt_sequence_length": prompt_sequence_length, "target_sequence_length": target_sequence_length,
+                "reward_model_train_steps": reward_model_train_steps,
+                "reward_model_learning_rate_multiplier": reward_model_learning_rate_multiplier,
+                "reward_lora_dim": reward_lora_dim, "batch_size": batch_size,
+                "gradient_accumulation_steps": gradient_accumulation_steps, "seed": seed}
+    scalars, confusion = launch_reward(launch, settings, options, preference_data, eval_data, reward_model,
+                                       tensorboard_logs)
+    for name, value in scalars.items():
+        metrics.log_metric(name, value)
+    storage.write_json(metrics.path, scalars)  # a file at .path keeps KFP's cache working
+    if confusion is not None:
+        from rlhf.reward.metrics import LABELS
+        classification_metrics.log_confusion_matrix(LABELS, confusion)
+        storage.write_json(classification_metrics.path, classification_metrics.metadata)
+    reward_model.metadata["base_model"] = large_model_reference
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def launch_ppo_job(
+    prompt_data: Input[Dataset],
+    reward_model: Input[Model],
+    policy_adapter: Output[Model],
+    metrics: Output[Metrics],
+    tensorboard_logs: Output[Artifact],
+    samples: Output[Artifact],
+    large_model_reference: str,
+    prompt_sequence_length: int,
+    target_sequence_length: int,
+    reinforcement_learning_train_steps: int,
+    reinforcement_learning_rate_multiplier: float,
+    kl_coeff: float,
+    batch_size: int,
+    seed: int,
+    options: dict,
+    platform: str,
+    image: str,
+    replica_count: int,
+    machine_type: str,
+    gpu_type: str,
+    gpu_count: int,
+    cpu_limit: str,
+    memory_limit: str,
+    project: str,
+    location: str,
+    pipeline_job_name: str,
+    pipeline_root: str,
+    encryption_spec_key_name: str,
+    instruction: Optional[str] = None,
+):
+    """`tune_policy` as a job of `replica_count` machines on `platform` (vertex, trainjob,
+    pytorchjob); the same outputs, filled from the run directory rank 0 wrote."""
+    from rlhf import storage
+    from rlhf.jobs.launcher import Hardware, Launch, launch_ppo
+
+    launch = Launch(platform, image, Hardware(replica_count, gpu_type, gpu_count, machine_type, cpu_limit,
+                                              memory_limit), project, location, pipeline_job_name,
+                    pipeline_root, encryption_spec_key_name)
+    settings = {"large_model_reference": large_model_reference, "instruction": instruction,
+                "prompt_sequence_length": prompt_sequence_length, "target_sequence_length": target_sequence_length,
+                "reinforcement_learning_train_steps": reinforcement_learning_train_steps,
+                "reinforcement_learning_rate_multiplier": reinforcement_learning_rate_multiplier,
+                "kl_coeff": kl_coeff, "batch_size": batch_size, "seed": seed}
+    summary, base_model = launch_ppo(launch, settings, options, prompt_data, reward_model, policy_adapter,
+                                     tensorboard_logs, samples)
+    for name, value in summary.items():
+        metrics.log_metric(name, value)
+    storage.write_json(metrics.path, summary)  # a file at .path keeps KFP's cache working
+    policy_adapter.metadata["base_model"] = base_model
