@@ -120,10 +120,10 @@ def device() -> Any:
 
 
 def devices() -> Any:
-    return setting(None, "processes that run this step, one per GPU (data parallel, started by rlhf.launch); "
-                         "empty: every visible GPU, 1 on CPU or with a device named; on CPU, N gloo "
-                         "processes. Not part of the resume fingerprint: a restart may use another "
-                         "count", positive)
+    return setting(None, "processes per machine that run this step, one per GPU (data parallel, started by "
+                         "rlhf.launch; on several machines, CLUSTER_SPEC or PET_* give the rest); empty: "
+                         "every visible GPU, 1 on CPU or with a device named; on CPU, N gloo processes. Not "
+                         "part of the resume fingerprint: a restart may use another count", positive)
 
 
 def dtype() -> Any:
