@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -168,7 +167,7 @@ def model_config(ref: str, resolve: bool = False) -> Optional[dict]:
     directory; None otherwise (gs:// or a hub id: no network at plan time). With `resolve`, a
     reference that `rlhf.models.resolve_model` already fetched (the trainers) is read from its copy."""
     from rlhf import models
-    alias = models._normalize_alias(ref or models.DEFAULT_MODEL)
+    alias = models.normalize_alias(ref or models.DEFAULT_MODEL)
     shipped = shipped_configs()
     if alias in shipped:
         return shipped[alias]

@@ -97,7 +97,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RLHF_CACHE") or Path.home() / ".cache" / "rlhf").expanduser()
 
 
-def _normalize_alias(ref: str) -> str:
+def normalize_alias(ref: str) -> str:
     return ref.strip().lower().replace("_", "-")
 
 
@@ -116,7 +116,7 @@ def _encoder_decoder_error(ref: str, what: str) -> UserError:
 def decoder_only_alias(ref) -> Optional[str]:
     """A setting check: what is wrong with naming an encoder-decoder alias (None otherwise). Cheap and
     offline, so `rlhf submit` refuses it before sending; directories are checked when they resolve."""
-    alias = _normalize_alias(str(ref or ""))
+    alias = normalize_alias(str(ref or ""))
     if alias in ENCODER_DECODER_ALIASES:
         return (f"is {ALIASES[alias]} (an encoder-decoder model); the trainers tune decoder-only (causal) "
                 f"models: use one of {_alias_list()}, or a decoder-only model's directory, gs:// URI or "
@@ -149,7 +149,7 @@ def resolve_model(ref: Optional[str] = None) -> str:
     if not ref:
         raise UserError(f"empty model reference: give a directory, a gs:// URI, a Hugging Face id "
                         f"or one of the aliases: {_alias_list()}")
-    name = _normalize_alias(ref)
+    name = normalize_alias(ref)
     alias = ALIASES.get(name)
     if name in ENCODER_DECODER_ALIASES:
         raise _encoder_decoder_error(ref, f"an alias for {alias} (T5)")

@@ -163,9 +163,9 @@ class Settings:
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            if getattr(self, f.name) is None and _base_type(hints[f.name]) is str:
+            if getattr(self, f.name) is None and base_type(hints[f.name]) is str:
                 setattr(self, f.name, "")  # an unset optional pipeline parameter arrives as None
-            elif _base_type(hints[f.name]) is list:
+            elif base_type(hints[f.name]) is list:
                 setattr(self, f.name, list(getattr(self, f.name) or []))
 
     def cross_checks(self) -> Iterable[Problem]:
@@ -214,14 +214,14 @@ class Settings:
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             default = None if required else (
                 f.default if f.default is not dataclasses.MISSING else f.default_factory())
-            kind = _base_type(hints[f.name])
+            kind = base_type(hints[f.name])
             if kind is bool:
                 parser.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                     default=default, help=help_text)
                 continue
             shown = f"{help_text} (default: {default!r})" if default not in ("", None, []) else help_text
             if kind is list:
-                item = _base_type((typing.get_args(hints[f.name]) or (str,))[0])
+                item = base_type((typing.get_args(hints[f.name]) or (str,))[0])
                 parser.add_argument(flag(f.name), dest=f.name, nargs="+", type=item, default=default,
                                     required=required, help=shown)
             else:
@@ -250,11 +250,11 @@ def problem_text(found: Iterable[Problem], name: Callable[[str], str] = flag) ->
     return lines[0] if len(lines) == 1 else f"{len(lines)} problems:\n" + "\n".join(f"  {x}" for x in lines)
 
 
-def _base_type(annotation: Any) -> Any:
+def base_type(annotation: Any) -> Any:
     """`Optional[int]` -> int, `list[str]` -> list."""
     origin = typing.get_origin(annotation)
     if origin is typing.Union:
-        return _base_type(next(a for a in typing.get_args(annotation) if a is not type(None)))
+        return base_type(next(a for a in typing.get_args(annotation) if a is not type(None)))
     if origin in (list, tuple):
         return list
     return annotation
@@ -270,7 +270,7 @@ def loose_values(cls: type, values: dict, what: str) -> dict[str, Any]:
         raise UserError(f"unknown {what} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     out = {}
     for name, value in values.items():
-        kind = _base_type(hints[name])
+        kind = base_type(hints[name])
         if value is None or kind is list:
             out[name] = list(value) if isinstance(value, (list, tuple)) else value
         elif kind is int and isinstance(value, float) and value.is_integer():

@@ -265,39 +265,39 @@ def ppo_setup(tmp_path_factory):
 
 
 def test_reward_training_on_two_nodes_is_the_one_node_job(reward_inputs, tmp_path):
-    from test_multiprocess import _close, _history, _no_strays, _reward_args, _reward_weights, _rlhf, _weights_close
+    from test_multiprocess import close, history, no_strays, reward_args, reward_weights, run_rlhf, weights_close
     reference, vertex, kubeflow = tmp_path / "one-node", tmp_path / "vertex", tmp_path / "kubeflow"
-    _rlhf(_reward_args(reward_inputs, reference, 2))
-    _only_node_0_reports(_two_nodes(_reward_args(reward_inputs, vertex, 1), _vertex))
-    _only_node_0_reports(_two_nodes(_without_devices(_reward_args(reward_inputs, kubeflow, 1)), _kubeflow))
+    run_rlhf(reward_args(reward_inputs, reference, 2))
+    _only_node_0_reports(_two_nodes(reward_args(reward_inputs, vertex, 1), _vertex))
+    _only_node_0_reports(_two_nodes(_without_devices(reward_args(reward_inputs, kubeflow, 1)), _kubeflow))
 
     for out in (vertex, kubeflow):
         # Written once, by global rank 0: one metrics line per step, one checkpoint series, no strays.
-        assert [r["step"] for r in _history(out / "metrics.jsonl")] == list(range(1, 7))
+        assert [r["step"] for r in history(out / "metrics.jsonl")] == list(range(1, 7))
         assert sorted(os.listdir(out / "checkpoints")) == ["step-00000004", "step-00000006"]
         assert sorted(os.listdir(out)) == sorted(os.listdir(reference))
-        _no_strays(out)
-        _close(_history(reference / "metrics.jsonl"), _history(out / "metrics.jsonl"), atol=SAME_JOB)
-        _weights_close(_reward_weights(reference), _reward_weights(out), atol=SAME_JOB)
+        no_strays(out)
+        close(history(reference / "metrics.jsonl"), history(out / "metrics.jsonl"), atol=SAME_JOB)
+        weights_close(reward_weights(reference), reward_weights(out), atol=SAME_JOB)
         info, ref = (json.loads((d / "reward_model.json").read_text()) for d in (out, reference))
         assert info["normalization"] == pytest.approx(ref["normalization"], abs=SAME_JOB)
 
 
 def test_ppo_on_two_nodes_is_the_one_node_job_and_a_killed_node_stops_it_and_resumes(ppo_setup, tmp_path):
-    from test_multiprocess import _close, _no_strays, _ppo_state, _rlhf, _tune_args, _weights_close
+    from test_multiprocess import close, no_strays, ppo_state, run_rlhf, tune_args, weights_close
     reference, vertex, killed = tmp_path / "one-node", tmp_path / "vertex", tmp_path / "killed"
-    _rlhf(_tune_args(ppo_setup, reference, 2))
-    _only_node_0_reports(_two_nodes(_tune_args(ppo_setup, vertex, 1), _vertex))
-    w_ref, m_ref = _ppo_state(reference)
-    w, m = _ppo_state(vertex)
+    run_rlhf(tune_args(ppo_setup, reference, 2))
+    _only_node_0_reports(_two_nodes(tune_args(ppo_setup, vertex, 1), _vertex))
+    w_ref, m_ref = ppo_state(reference)
+    w, m = ppo_state(vertex)
     assert [r["step"] for r in m] == [1, 2, 3]
     assert sorted(os.listdir(vertex / "samples")) == sorted(os.listdir(reference / "samples"))
-    _no_strays(vertex)
-    _close(m_ref, m, atol=SAME_JOB)
-    _weights_close(w_ref, w, atol=SAME_JOB)
+    no_strays(vertex)
+    close(m_ref, m, atol=SAME_JOB)
+    weights_close(w_ref, w, atol=SAME_JOB)
 
     # Kubeflow's variables; node 1 is killed (workers and all, as a preempted VM) once step 1 is saved.
-    args = _without_devices(_tune_args(ppo_setup, killed, 1))
+    args = _without_devices(tune_args(ppo_setup, killed, 1))
     node0, node1 = _start_nodes([sys.executable, "-m", "rlhf", *args], _kubeflow)
     marker = killed / "checkpoints" / "step-00000001" / "state.json"
     deadline = time.monotonic() + NODE_TIMEOUT
@@ -317,10 +317,10 @@ def test_ppo_on_two_nodes_is_the_one_node_job_and_a_killed_node_stops_it_and_res
 
     # The job restarted on the same output directory resumes, to the uninterrupted result.
     _only_node_0_reports(_two_nodes(args, _kubeflow))
-    w_resumed, m_resumed = _ppo_state(killed)
-    _close(m, m_resumed, atol=SAME_JOB)
-    _weights_close(w, w_resumed, atol=SAME_JOB)
-    _no_strays(killed)
+    w_resumed, m_resumed = ppo_state(killed)
+    close(m, m_resumed, atol=SAME_JOB)
+    weights_close(w, w_resumed, atol=SAME_JOB)
+    no_strays(killed)
 
 
 def _error_line(stderr: str) -> str:

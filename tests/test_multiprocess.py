@@ -42,7 +42,7 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_DEVICE": "cpu", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _rlhf(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+def run_rlhf(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-m", "rlhf", *args], env=_env(), capture_output=True, text=True,
                           timeout=timeout)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -62,12 +62,12 @@ def _run_killed_after(args: list[str], marker: Path) -> None:
     assert marker.exists(), proc.stderr.read().decode()[-3000:]
 
 
-def _history(path: Path, drop=("time/", "perf/")) -> list[dict]:
+def history(path: Path, drop=("time/", "perf/")) -> list[dict]:
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     return [{k: v for k, v in r.items() if not k.startswith(drop)} for r in rows]
 
 
-def _close(a: list[dict], b: list[dict], atol: float) -> None:
+def close(a: list[dict], b: list[dict], atol: float) -> None:
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b):
         assert set(ra) == set(rb)
@@ -75,13 +75,13 @@ def _close(a: list[dict], b: list[dict], atol: float) -> None:
             assert ra[k] == pytest.approx(rb[k], abs=atol), (ra["step"], k, ra[k], rb[k])
 
 
-def _weights_close(a: dict, b: dict, atol: float) -> None:
+def weights_close(a: dict, b: dict, atol: float) -> None:
     assert set(a) == set(b)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
 
 
-def _no_strays(out: Path) -> None:
+def no_strays(out: Path) -> None:
     """Nothing half-written or written twice: no temporary names anywhere under `out`."""
     strays = [str(p) for p in out.rglob("*") if p.name.startswith((".tmp", "tmp"))]
     assert not strays, strays
@@ -98,7 +98,7 @@ def reward_inputs(tmp_path_factory):
     return tiny_dir, data
 
 
-def _reward_args(inputs, out: Path, devices: int) -> list[str]:
+def reward_args(inputs, out: Path, devices: int) -> list[str]:
     tiny_dir, data = inputs
     return ["train-reward", "--preference-dataset", str(data), "--output-dir", str(out),
             "--large-model-reference", str(tiny_dir), "--reward-model-train-steps", "6", "--batch-size", "6",
@@ -108,33 +108,33 @@ def _reward_args(inputs, out: Path, devices: int) -> list[str]:
             "--prompt-sequence-length", "32", "--target-sequence-length", "16", "--devices", str(devices)]
 
 
-def _reward_weights(out: Path) -> dict:
+def reward_weights(out: Path) -> dict:
     return {k: v for k, v in load_file(str(out / "adapter_model.safetensors")).items()}
 
 
 def test_reward_training_on_two_processes_matches_one_and_resumes(reward_inputs, tmp_path):
     one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
-    _rlhf(_reward_args(reward_inputs, one, 1))
-    done = _rlhf(_reward_args(reward_inputs, two, 2))
+    run_rlhf(reward_args(reward_inputs, one, 1))
+    done = run_rlhf(reward_args(reward_inputs, two, 2))
     assert "world size 2" in done.stderr and done.stderr.count("world size 2 (") == 1  # rank 0 logs it, once
 
     # Written once, by rank 0: one metrics line per step, one model, one info file.
-    assert [r["step"] for r in _history(two / "metrics.jsonl")] == list(range(1, 7))
+    assert [r["step"] for r in history(two / "metrics.jsonl")] == list(range(1, 7))
     assert sorted(os.listdir(two / "checkpoints")) == ["step-00000004", "step-00000006"]
-    _no_strays(two)
+    no_strays(two)
     info1, info2 = (json.loads((d / "reward_model.json").read_text()) for d in (one, two))
-    _close(_history(one / "metrics.jsonl"), _history(two / "metrics.jsonl"), atol=1e-4)
-    _weights_close(_reward_weights(one), _reward_weights(two), atol=1e-4)
+    close(history(one / "metrics.jsonl"), history(two / "metrics.jsonl"), atol=1e-4)
+    weights_close(reward_weights(one), reward_weights(two), atol=1e-4)
     for key in ("mean", "std"):
         assert info1["normalization"][key] == pytest.approx(info2["normalization"][key], abs=1e-4)
 
-    _run_killed_after(_reward_args(reward_inputs, killed, 2), killed / "checkpoints" / "step-00000002" / "state.json")
+    _run_killed_after(reward_args(reward_inputs, killed, 2), killed / "checkpoints" / "step-00000002" / "state.json")
     assert not (killed / "reward_model.json").exists()
-    again = _rlhf(_reward_args(reward_inputs, killed, 2))
+    again = run_rlhf(reward_args(reward_inputs, killed, 2))
     assert json.loads(again.stdout[again.stdout.index("{"):])["resumed_from"] >= 2
-    _close(_history(two / "metrics.jsonl"), _history(killed / "metrics.jsonl"), atol=1e-6)
-    _weights_close(_reward_weights(two), _reward_weights(killed), atol=1e-6)
-    _no_strays(killed)
+    close(history(two / "metrics.jsonl"), history(killed / "metrics.jsonl"), atol=1e-6)
+    weights_close(reward_weights(two), reward_weights(killed), atol=1e-6)
+    no_strays(killed)
 
 
 # -- PPO ------------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def ppo_setup(tmp_path_factory):
     return build_tiny_setup(tmp_path_factory.mktemp("mp-ppo"))
 
 
-def _tune_args(setup: Path, out: Path, devices: int, extra=()) -> list[str]:
+def tune_args(setup: Path, out: Path, devices: int, extra=()) -> list[str]:
     return ["tune", "--prompt-dataset", str(setup / "prompts.jsonl"), "--reward-model", str(setup / "reward"),
             "--output-dir", str(out), "--reinforcement-learning-train-steps", "3", "--batch-size", "4",
             "--mini-batch-size", "4", "--ppo-epochs", "1", "--target-sequence-length", "6",
@@ -154,39 +154,39 @@ def _tune_args(setup: Path, out: Path, devices: int, extra=()) -> list[str]:
             "--adaptive-kl", "--kl-target", "0.01", "--kl-horizon", "8", "--devices", str(devices), *extra]
 
 
-def _ppo_state(out: Path):
+def ppo_state(out: Path):
     weights = load_file(str(out / "policy_adapter" / "adapter_model.safetensors"))
     weights.update({"value_head." + k: v for k, v in
                     load_file(str(out / "policy_adapter" / "value_head.safetensors")).items()})
-    return weights, _history(out / "metrics.jsonl")
+    return weights, history(out / "metrics.jsonl")
 
 
 def test_ppo_on_two_processes_matches_one_and_resumes(ppo_setup, tmp_path):
     one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
-    _rlhf(_tune_args(ppo_setup, one, 1))
-    done = _rlhf(_tune_args(ppo_setup, two, 2))
+    run_rlhf(tune_args(ppo_setup, one, 1))
+    done = run_rlhf(tune_args(ppo_setup, two, 2))
     assert done.stderr.count("world size 2 (2 episodes per process)") == 1
 
-    w1, m1 = _ppo_state(one)
-    w2, m2 = _ppo_state(two)
+    w1, m1 = ppo_state(one)
+    w2, m2 = ppo_state(two)
     assert [r["step"] for r in m2] == [1, 2, 3]
     assert sorted(os.listdir(two / "samples")) == ["step-00000001.jsonl", "step-00000002.jsonl",
                                                   "step-00000003.jsonl"]
     assert len((two / "samples" / "step-00000003.jsonl").read_text().splitlines()) == 2
-    _no_strays(two)
+    no_strays(two)
     # Every response ran to the token limit (top_k=1 on a random model): both processes hold as
     # many tokens, so the DDP average is the global token mean and the runs agree.
     assert all(r["response/length"] == 6 for r in m1 + m2)
     assert len({r["objective/kl_coeff"] for r in m2}) > 1  # the adaptive β moved (the same on both ranks)
-    _close(m1, m2, atol=1e-3)
-    _weights_close(w1, w2, atol=1e-3)
+    close(m1, m2, atol=1e-3)
+    weights_close(w1, w2, atol=1e-3)
 
-    _run_killed_after(_tune_args(ppo_setup, killed, 2), killed / "checkpoints" / "step-00000001" / "state.json")
+    _run_killed_after(tune_args(ppo_setup, killed, 2), killed / "checkpoints" / "step-00000001" / "state.json")
     assert not (killed / "policy_adapter").exists()
-    _rlhf(_tune_args(ppo_setup, killed, 2))
-    w3, m3 = _ppo_state(killed)
-    _close(m2, m3, atol=1e-6)
-    _weights_close(w2, w3, atol=1e-6)
+    run_rlhf(tune_args(ppo_setup, killed, 2))
+    w3, m3 = ppo_state(killed)
+    close(m2, m3, atol=1e-6)
+    weights_close(w2, w3, atol=1e-6)
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -202,8 +202,8 @@ def test_evaluation_on_two_processes_writes_the_predictions_of_one(tiny, tmp_pat
         return ["evaluate", "--eval-dataset", str(data), "--model", adapter_dir, "--output-dir", str(out),
                 "--target-sequence-length", "6", "--batch-size", "2", "--device", "cpu", "--devices", str(devices)]
 
-    _rlhf(args(tmp_path / "one", 1))
-    done = _rlhf(args(tmp_path / "two", 2))
+    run_rlhf(args(tmp_path / "one", 1))
+    done = run_rlhf(args(tmp_path / "two", 2))
     assert done.stdout.count("## Evaluation: tuned vs base on 7 eval prompts") == 1  # printed once
     for name in ("base", "tuned"):
         one = (tmp_path / "one" / "predictions" / f"{name}.jsonl").read_text()
@@ -215,7 +215,7 @@ def test_evaluation_on_two_processes_writes_the_predictions_of_one(tiny, tmp_pat
         if not k.startswith("time/"):
             assert s1[k] == pytest.approx(s2[k], abs=1e-5), k
     assert sorted(os.listdir(tmp_path / "two")) == ["metrics.json", "predictions", "report.html", "summary.md"]
-    _no_strays(tmp_path / "two")
+    no_strays(tmp_path / "two")
 
 
 # -- the setting and the launcher -----------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional
 from rlhf import storage
 from rlhf.credentials import HUB_TOKEN_SECRET_ENV
 from rlhf.errors import UserError
-from rlhf.settings import Settings, _base_type, flag
+from rlhf.settings import Settings, base_type, flag
 
 PYTHON = ["python", "-m", "rlhf"]
 
@@ -66,7 +66,7 @@ def command_line(subcommand: str, config: Settings) -> list[str]:
         value = getattr(config, f.name)
         if f.name in defaults and value == defaults[f.name]:
             continue
-        kind = _base_type(hints[f.name])
+        kind = base_type(hints[f.name])
         if kind is bool:
             out.append(flag(f.name) if value else "--no-" + flag(f.name)[2:])
         elif kind is list:
