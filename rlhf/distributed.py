@@ -10,6 +10,10 @@ steps call them unconditionally:
   gradients of the trainable parameters are averaged over the processes in the backward pass of
   the last micro-batch (``no_sync`` for the others). The frozen base is left out of DDP (it is
   loaded identically by every process, so nothing of it is broadcast or reduced);
+- ``shard_frozen(model)``: FSDP2 (``fully_shard``) over the frozen base, per decoder layer and then
+  the whole model, for a base that does not fit one device; the trainable parameters (LoRA, heads)
+  are left out of FSDP (``ignored_params``): whole on every process, averaged by ``wrap``'s
+  ``reduce_gradients`` after the step's last backward pass instead of DDP;
 - ``reduce_metrics`` / ``global_mean`` / ``all_sum``: metrics and statistics over every process
   (means weighted by counts), so every process takes the same decisions (the KL controller) and
   rank 0 logs what all of them did;
@@ -116,6 +120,76 @@ class Local:
         import contextlib
         return contextlib.nullcontext()
 
+    def reduce_gradients(self) -> None:
+        """Nothing to do: DDP (or a single process) has averaged them in the backward pass."""
+
+
+class ShardedPasses(Local):
+    """What ``wrap`` returns for a model whose frozen base is sharded (``shard_frozen``): plain calls
+    (FSDP2 gathers each layer's base weights around its forward and backward), and
+    ``reduce_gradients()``, to call after the step's last backward pass, averages the gradients of
+    the trainable parameters (whole on every process) over the processes, as DDP would."""
+
+    def reduce_gradients(self) -> None:
+        average_gradients(self.module)
+
+
+def average_gradients(module: nn.Module) -> None:
+    """Each trainable parameter's gradient averaged over the processes (one all-reduce of them all;
+    a missing gradient counts as zeros so every process sends the same layout)."""
+    if not active():
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).to(torch.float32) for g in grads])
+    _dist().all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(g).to(g.dtype)
+        offset += n
+
+
+def is_sharded(module) -> bool:
+    """Whether ``module`` was sharded by ``shard_frozen`` (FSDP2)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - older torch
+        return False
+    return any(isinstance(m, FSDPModule) for m in module.modules())
+
+
+def shard_frozen(model: nn.Module, device: torch.device, root: Optional[nn.Module] = None) -> bool:
+    """Shard ``model``'s frozen parameters over the processes with FSDP2: ``fully_shard`` on every
+    decoder layer (the classes the model names in ``_no_split_modules``), then on ``root``: the
+    module whose ``forward`` the passes call (default the whole model; the reward passes call the
+    trunk, then the small score head, which stays whole).
+    Trainable parameters are ignored by FSDP: they stay whole (and plain tensors) on every process,
+    so the optimizer, gradient clipping, checkpoints and adapter files are those of an unsharded
+    model. Every process must then run the same number of forward passes. Returns False (nothing
+    done) in a single process."""
+    if not active():
+        return False
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(device.type, (world_size(),))
+    root = model if root is None else root
+    trainable = {p for p in model.parameters() if p.requires_grad}
+    names = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    layers = [m for m in root.modules() if type(m).__name__ in names]
+    if not layers:
+        raise UserError(f"cannot shard {type(model).__name__}: its decoder layers are unknown "
+                        f"(no _no_split_modules); use --devices 1 or a larger device")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, ignored_params=trainable)
+    fully_shard(root, mesh=mesh, ignored_params=trainable)
+    return True
+
 
 def wrap(module: nn.Module, fn: Callable, find_unused_parameters: bool = False):
     """A callable ``f(*args) = fn(module, *args)`` whose backward averages the gradients of
@@ -125,6 +199,8 @@ def wrap(module: nn.Module, fn: Callable, find_unused_parameters: bool = False):
     process loads the same base, so there is nothing to broadcast or average."""
     if not active():
         return Local(module, fn)
+    if is_sharded(module):  # FSDP2 over the frozen base: no DDP, gradients averaged by reduce_gradients
+        return ShardedPasses(module, fn)
     from torch.nn.parallel import DistributedDataParallel as DDP
     passes = Passes(module, fn)
     frozen = [f"module.{n}" for n, p in module.named_parameters() if not p.requires_grad]

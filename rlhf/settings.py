@@ -126,6 +126,12 @@ def devices() -> Any:
                          "part of the resume fingerprint: a restart may use another count", positive)
 
 
+def shard_base() -> Any:
+    return setting(False, "shard the frozen base over this machine's devices (FSDP2) even when the memory plan "
+                          "says it fits one; it is sharded anyway when it does not fit. The LoRA adapters and "
+                          "heads stay whole on every device. Not part of the resume fingerprint")
+
+
 def dtype() -> Any:
     return setting("auto", "base weights: auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32; "
                            "adapters train in fp32", one_of("auto", "bf16", "fp16", "fp32"))

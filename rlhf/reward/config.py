@@ -24,7 +24,7 @@ class RewardConfig(Settings):
     # Settings a restart may change without changing the result so far (rlhf.rundir compares the rest).
     RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({
         "output_dir", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard_dir", "device",
-        "devices", "save_merged_model", "preference_dataset", "eval_dataset",
+        "devices", "shard_base", "save_merged_model", "preference_dataset", "eval_dataset",
         "gradient_checkpointing"})  # recomputes the same activations (the memory plan may turn it on)
 
     preference_dataset: str = setting(
@@ -92,6 +92,7 @@ class RewardConfig(Settings):
     tensorboard_dir: str = setting("", "TensorBoard event files (default: OUTPUT_DIR/tensorboard)")
     device: str = settings.device()
     devices: Optional[int] = settings.devices()
+    shard_base: bool = settings.shard_base()
     dtype: str = settings.dtype()
     use_chat_template: Optional[bool] = settings.use_chat_template()
     trust_remote_code: bool = setting(False, "allow model code from the model directory (only for models "

@@ -15,7 +15,7 @@ import torch
 
 from rlhf import distributed, encoding, models
 from rlhf.errors import UserError
-from rlhf.reward import batching, data
+from rlhf.reward import batching, data, modeling
 from rlhf.reward.config import RewardConfig
 from rlhf.reward.modeling import attention_kind, build_reward_model
 
@@ -70,6 +70,7 @@ class RewardSetup:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     collate: Collator
     plan: batching.BatchPlan           # which pairs form micro-batch k (restartable at any k)
+    sharded: bool = False              # the frozen base is sharded over the processes (FSDP2)
 
 
 def prepare(config: RewardConfig) -> RewardSetup:
@@ -106,13 +107,18 @@ def prepare(config: RewardConfig) -> RewardSetup:
     dtype = None if config.dtype == "auto" else config.dtype
     from rlhf import memory_plan  # refuse a model that cannot fit before loading it (CUDA only)
     plan = memory_plan.check_device("reward", config.large_model_reference,
-                                    memory_plan.Workload.from_configs(reward=config), device, world)
+                                    memory_plan.Workload.from_configs(reward=config), device, world,
+                                    can_shard=True)
     model = build_reward_model(
         config.large_model_reference, tokenizer, lora_rank=config.reward_lora_dim,
         lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=list(config.lora_target_modules), device=device, dtype=dtype,
         gradient_checkpointing=config.gradient_checkpointing or bool(plan and plan.settings.get("gradient_checkpointing")),
         trust_remote_code=config.trust_remote_code, seed=config.seed)
+    sharded = (config.shard_base or bool(plan and plan.strategy == "sharded")) and distributed.shard_frozen(
+        model, device, root=modeling.parts(model)[0])
+    if sharded:
+        log.info("frozen base sharded over %d processes (FSDP2); adapters and score head whole on each", world)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -123,4 +129,20 @@ def prepare(config: RewardConfig) -> RewardSetup:
     plan = batching.BatchPlan([p.length(collate.share) for p in train_set], config.batch_size, config.seed)
     return RewardSetup(tokenizer=tokenizer, use_chat_template=use_chat, train_set=train_set,
                        eval_sets=eval_sets, model=model, optimizer=optimizer, scheduler=scheduler,
-                       collate=collate, plan=plan)
+                       collate=collate, plan=plan, sharded=sharded)
+
+
+def unsharded_copy(config: RewardConfig, model, tokenizer):
+    """A whole copy of a sharded reward model on CPU, for writing its files (adapter, score head,
+    merged model) exactly as an unsharded run does: the base loaded again from the reference (it is
+    frozen, so it is what training saw) in the training dtype, and the trained parameters, which
+    are whole on every process, copied in. No collective: rank 0 calls it alone."""
+    from rlhf import checkpoint
+    dtype = next(p for p in model.parameters() if not p.requires_grad).dtype
+    copy = build_reward_model(
+        config.large_model_reference, tokenizer, lora_rank=config.reward_lora_dim,
+        lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules), device=torch.device("cpu"), dtype=dtype,
+        gradient_checkpointing=False, trust_remote_code=config.trust_remote_code, seed=config.seed)
+    checkpoint.load_trainable(copy, checkpoint.trainable_state_dict(model))
+    return copy.eval()

@@ -22,7 +22,7 @@ from typing import Optional
 from rlhf import distributed, storage
 from rlhf.reward import outputs
 from rlhf.reward.config import RewardConfig
-from rlhf.reward.setup import prepare
+from rlhf.reward.setup import prepare, unsharded_copy
 from rlhf.reward.trainer import RewardTrainer, normalization_stats
 from rlhf.rundir import RunDir
 
@@ -51,7 +51,8 @@ def train_reward_model(config: RewardConfig) -> RewardResult:
     if distributed.is_main():  # several processes (rlhf.launch): rank 0 writes, the others are done
         info = outputs.model_info(config, parts.model, parts.use_chat_template, norm, final)
         with run.publish(outputs.INFO_FILE, info) as out:
-            outputs.write_model(parts.model, parts.tokenizer, out, merged=config.save_merged_model,
+            model = unsharded_copy(config, parts.model, parts.tokenizer) if parts.sharded else parts.model
+            outputs.write_model(model, parts.tokenizer, out, merged=config.save_merged_model,
                                 base_model=config.large_model_reference)
             storage.write_json(storage.join(out, "metrics.json"), final)
     distributed.shutdown()

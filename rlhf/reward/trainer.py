@@ -11,7 +11,8 @@ saved, keeping the last good checkpoint.
 On N processes (``rlhf.launch``) the step's pairs stay ``batch_size × gradient_accumulation_steps``:
 each process takes its contiguous share of every micro-batch (``batches``), DDP averages the
 gradients (``rlhf.distributed.wrap`` around ``pair_rewards``) with each share weighted by its pairs,
-so the update is the single-process one up to rounding; metrics are reduced over the processes,
+so the update is the single-process one up to rounding (with the frozen base sharded by FSDP2,
+``rlhf.distributed.shard_frozen``, the same average is one all-reduce after the last micro-batch); metrics are reduced over the processes,
 evaluation and normalization scores are computed batch by batch on the processes and gathered
 (``score_pairs``), and rank 0 alone writes metrics and checkpoints.
 """
@@ -59,6 +60,9 @@ def score_pairs(model, collate: Collator, pairs: Sequence[batching.EncodedPair],
         rc, rr = pair_rewards(model, collate([pairs[i] for i in idx]))
         chosen[idx], rejected[idx] = rc.cpu().numpy(), rr.cpu().numpy()
         mine.append(idx)
+    if distributed.is_sharded(model) and batches:  # FSDP: every process runs as many forward passes
+        for _ in range(-(-len(batches) // distributed.world_size()) - len(mine)):
+            pair_rewards(model, collate([pairs[i] for i in batches[0]]))  # a stand-in, discarded
     model.train(was_training)
     if distributed.active():
         for part in distributed.gather([(idx, chosen[idx], rejected[idx]) for idx in mine]):
@@ -95,6 +99,8 @@ def train_step(model, collate: Collator, batches: Sequence[Sequence[batching.Enc
         sums["train/margin"] += d.mean().item() * weight
         sums["reward/chosen"] += rc.detach().mean().item() * weight
         sums["reward/rejected"] += rr.detach().mean().item() * weight
+    if hasattr(forward, "reduce_gradients"):  # a sharded base: average the trainable gradients now
+        forward.reduce_gradients()
     if not config.center_rewards_coefficient:
         del sums["loss/center"]
     sums = distributed.reduce_metrics(sums)  # each process's part of the step's mean, × world size
