@@ -36,11 +36,9 @@ def evaluate_model(
     from rlhf.pipeline_settings import EVALUATION
 
     config = EVALUATION.build({
-        "eval_dataset": eval_data.path, "model": tuned_policy.path, "reward_model": reward_model.path,
-        "training_history": training_logs.path if training_logs is not None else "",
-        "large_model_reference": large_model_reference, "instruction": instruction,
-        "prompt_sequence_length": prompt_sequence_length, "target_sequence_length": target_sequence_length,
-        "batch_size": batch_size, "max_examples": max_examples, "seed": seed})
+        **EVALUATION.settings_of(locals()), "eval_dataset": eval_data.path, "model": tuned_policy.path,
+        "reward_model": reward_model.path,
+        "training_history": training_logs.path if training_logs is not None else ""})
     result = launch.run(evaluate, config, EvalOutputs(  # one process per GPU the task was given
         predictions_dir=predictions.path, report_html=report.path, summary_md=summary.path,
         metrics_json=metrics.path))

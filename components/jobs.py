@@ -58,16 +58,12 @@ def launch_reward_model_job(
     disk, so only the in-task step logs it)."""
     from rlhf import storage
     from rlhf.jobs.launcher import Hardware, Launch, launch_reward
+    from rlhf.pipeline_settings import REWARD_MODEL
 
     launch = Launch(platform, image, Hardware(replica_count, gpu_type, gpu_count, machine_type, cpu_limit,
                                               memory_limit), project, location, pipeline_job_name,
                     pipeline_root, encryption_spec_key_name)
-    settings = {"large_model_reference": large_model_reference, "instruction": instruction,
-                "prompt_sequence_length": prompt_sequence_length, "target_sequence_length": target_sequence_length,
-                "reward_model_train_steps": reward_model_train_steps,
-                "reward_model_learning_rate_multiplier": reward_model_learning_rate_multiplier,
-                "reward_lora_dim": reward_lora_dim, "batch_size": batch_size,
-                "gradient_accumulation_steps": gradient_accumulation_steps, "seed": seed}
+    settings = REWARD_MODEL.settings_of(locals())
     scalars, confusion = launch_reward(launch, settings, options, preference_data, eval_data, reward_model,
                                        tensorboard_logs)
     for name, value in scalars.items():
@@ -116,15 +112,12 @@ def launch_ppo_job(
     pytorchjob); the same outputs, filled from the run directory rank 0 wrote."""
     from rlhf import storage
     from rlhf.jobs.launcher import Hardware, Launch, launch_ppo
+    from rlhf.pipeline_settings import REINFORCEMENT_LEARNING
 
     launch = Launch(platform, image, Hardware(replica_count, gpu_type, gpu_count, machine_type, cpu_limit,
                                               memory_limit), project, location, pipeline_job_name,
                     pipeline_root, encryption_spec_key_name)
-    settings = {"large_model_reference": large_model_reference, "instruction": instruction,
-                "prompt_sequence_length": prompt_sequence_length, "target_sequence_length": target_sequence_length,
-                "reinforcement_learning_train_steps": reinforcement_learning_train_steps,
-                "reinforcement_learning_rate_multiplier": reinforcement_learning_rate_multiplier,
-                "kl_coeff": kl_coeff, "batch_size": batch_size, "seed": seed}
+    settings = REINFORCEMENT_LEARNING.settings_of(locals())
     summary, base_model = launch_ppo(launch, settings, options, prompt_data, reward_model, policy_adapter,
                                      tensorboard_logs, samples)
     for name, value in summary.items():

@@ -36,17 +36,13 @@ def tune_policy(
 
     from rlhf import launch, storage
     from rlhf.pipeline_settings import REINFORCEMENT_LEARNING
-    from rlhf.ppo.outputs import export_artifacts
+    from rlhf.ppo.outputs import export_artifacts, run_dir_beside
     from rlhf.ppo.run import tune
 
-    run_dir = os.path.join(os.path.dirname(policy_adapter.path.rstrip("/")), "ppo_run")
+    run_dir = run_dir_beside(policy_adapter.path)
     config = REINFORCEMENT_LEARNING.build({
-        "prompt_dataset": prompt_data.path, "reward_model": reward_model.path, "output_dir": run_dir,
-        "large_model_reference": large_model_reference, "instruction": instruction,
-        "prompt_sequence_length": prompt_sequence_length, "target_sequence_length": target_sequence_length,
-        "reinforcement_learning_train_steps": reinforcement_learning_train_steps,
-        "reinforcement_learning_rate_multiplier": reinforcement_learning_rate_multiplier,
-        "kl_coeff": kl_coeff, "batch_size": batch_size, "seed": seed}, options)
+        **REINFORCEMENT_LEARNING.settings_of(locals()), "prompt_dataset": prompt_data.path,
+        "reward_model": reward_model.path, "output_dir": run_dir}, options)
     summary = launch.run(tune, config)  # one process per GPU the task was given
     export_artifacts(run_dir, policy_adapter.path, tensorboard_logs.path, samples.path)
     for name, value in summary.items():

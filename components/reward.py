@@ -38,15 +38,9 @@ def train_reward_model(
     from rlhf.reward.train import train_reward_model as train
 
     config = REWARD_MODEL.build({
-        "preference_dataset": preference_data.path, "output_dir": reward_model.path,
-        "eval_dataset": eval_data.path if eval_data is not None else "",
-        "tensorboard_dir": tensorboard_logs.path, "large_model_reference": large_model_reference,
-        "instruction": instruction, "prompt_sequence_length": prompt_sequence_length,
-        "target_sequence_length": target_sequence_length,
-        "reward_model_train_steps": reward_model_train_steps,
-        "reward_model_learning_rate_multiplier": reward_model_learning_rate_multiplier,
-        "reward_lora_dim": reward_lora_dim, "batch_size": batch_size,
-        "gradient_accumulation_steps": gradient_accumulation_steps, "seed": seed}, options)
+        **REWARD_MODEL.settings_of(locals()), "preference_dataset": preference_data.path,
+        "output_dir": reward_model.path, "eval_dataset": eval_data.path if eval_data is not None else "",
+        "tensorboard_dir": tensorboard_logs.path}, options)
     result = launch.run(train, config)  # one process per GPU the task was given
     scalars = scalar_metrics(result.metrics)
     for name, value in scalars.items():

@@ -38,10 +38,7 @@ def validate_data(
     problem = accelerator_type_problem(accelerator_type)
     if problem:
         raise UserError(f"accelerator_type {accelerator_type!r}: {problem}")
-    config = VALIDATION.build({
-        "preference_dataset": preference_dataset, "prompt_dataset": prompt_dataset,
-        "eval_dataset": eval_dataset, "instruction": instruction, "tokenizer": tokenizer,
-        "prompt_sequence_length": prompt_sequence_length, "target_sequence_length": target_sequence_length})
+    config = VALIDATION.build(VALIDATION.settings_of(locals()))
     report = run_validation(config, ValidationOutputs(
         preference=preference_data.path, prompts=prompt_data.path, eval=eval_data.path,
         stats=stats.path, summary_md=summary.path, summary_html=summary_html.path))

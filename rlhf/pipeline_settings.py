@@ -42,6 +42,11 @@ class Stage:
         every = self.config.defaults()
         return {field: every[field] for field in self.parameters.values()}
 
+    def settings_of(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """The typed settings out of a component's arguments (its `locals()`): its inputs are named
+        after the fields the pipeline feeds, so a new one needs no second list here."""
+        return {field: arguments[field] for field in self.parameters.values()}
+
     def parameter_for(self, field: str) -> Optional[str]:
         return next((p for p, f in self.parameters.items() if f == field), None)
 

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional
 from rlhf import storage
 from rlhf.credentials import HUB_TOKEN_SECRET_ENV
 from rlhf.errors import UserError
+from rlhf.ppo.outputs import run_dir_beside
 from rlhf.settings import Settings, base_type, flag
 
 PYTHON = ["python", "-m", "rlhf"]
@@ -133,13 +134,6 @@ def reward_results(reward_model: str) -> tuple[dict[str, float], Optional[list]]
 
 # -- reinforcement learning --------------------------------------------------------------------------
 
-def ppo_run_dir(policy_adapter: str) -> str:
-    """Where the PPO run lives: beside the adapter artifact (as `components.ppo` puts it), so a
-    restarted job resumes from its checkpoints."""
-    parent = policy_adapter.rstrip("/").rsplit("/", 1)[0]
-    return storage.join(parent, "ppo_run")
-
-
 def ppo_job(*, image: str, hardware: Hardware, prompt_data: str, reward_model: str, policy_adapter: str,
             settings: Mapping[str, Any], options: Optional[Mapping[str, Any]]) -> StageJob:
     """The PPO stage as a job: `rlhf tune` with its run directory beside the adapter artifact."""
@@ -147,7 +141,7 @@ def ppo_job(*, image: str, hardware: Hardware, prompt_data: str, reward_model: s
     config = REINFORCEMENT_LEARNING.build({
         **settings, "prompt_dataset": remote(prompt_data, "prompt_data"),
         "reward_model": remote(reward_model, "reward_model"),
-        "output_dir": ppo_run_dir(remote(policy_adapter, "policy_adapter"))}, options)
+        "output_dir": run_dir_beside(remote(policy_adapter, "policy_adapter"))}, options)
     _check(config, hardware)
     return StageJob("reinforcement-learning", image, command_line("tune", config), hardware, job_environment())
 
@@ -157,7 +151,7 @@ def ppo_results(policy_adapter_uri: str, adapter_path: str, tensorboard_path: st
     """Copy the finished run's adapter, event files and samples into the stage's artifacts (as
     `components.ppo` does) and return the run's summary metrics and base model."""
     from rlhf.ppo.outputs import OutputLayout, export_artifacts
-    run_dir = ppo_run_dir(remote(policy_adapter_uri, "policy_adapter"))
+    run_dir = run_dir_beside(remote(policy_adapter_uri, "policy_adapter"))
     export_artifacts(run_dir, adapter_path, tensorboard_path, samples_path)
     summary = storage.read_json(OutputLayout(run_dir).summary_path)
     base_model = storage.read_json(storage.join(adapter_path, "ppo_config.json"))["base_model"]

@@ -26,6 +26,12 @@ from typing import Iterable, Optional
 from rlhf import storage
 from rlhf.rundir import publish_dir
 
+
+def run_dir_beside(policy_adapter: str) -> str:
+    """Where a pipeline's PPO run lives: beside its policy adapter artifact (local, /gcs/ or gs://),
+    so a restarted task or job on the same outputs resumes from the run's checkpoints."""
+    return storage.join(policy_adapter.rstrip("/").rsplit("/", 1)[0], "ppo_run")
+
 # Written last (rlhf.rundir.RunDir.publish): a run directory that has it is complete.
 SUMMARY_FILE = "summary.json"
 
