@@ -23,6 +23,7 @@ def evaluate_model(
     batch_size: int,
     max_examples: int,
     seed: int,
+    eval_classifiers: list,
     training_logs: Optional[Input[Artifact]] = None,  # an artifact that may be absent, not a setting
     instruction: Optional[str] = None,  # None: Google's "not given"
 ):

@@ -36,6 +36,8 @@ def launch_reward_model_job(
     batch_size: int,
     gradient_accumulation_steps: int,
     seed: int,
+    reward_model_type: str,
+    positive_label: str,
     options: dict,
     platform: str,
     image: str,
@@ -51,6 +53,7 @@ def launch_reward_model_job(
     pipeline_root: str,
     encryption_spec_key_name: str,
     eval_data: Optional[Input[Dataset]] = None,
+    labeled_data: Optional[Input[Dataset]] = None,
     instruction: Optional[str] = None,
 ):
     """`train_reward_model` as a job of `replica_count` machines on `platform` (vertex, trainjob,
@@ -65,13 +68,16 @@ def launch_reward_model_job(
                     pipeline_root, encryption_spec_key_name)
     settings = REWARD_MODEL.settings_of(locals())
     scalars, confusion = launch_reward(launch, settings, options, preference_data, eval_data, reward_model,
-                                       tensorboard_logs)
+                                       tensorboard_logs, labeled_data=labeled_data)
     for name, value in scalars.items():
         metrics.log_metric(name, value)
     storage.write_json(metrics.path, scalars)  # a file at .path keeps KFP's cache working
     if confusion is not None:
         from rlhf.reward.metrics import LABELS
-        classification_metrics.log_confusion_matrix(LABELS, confusion)
+        from rlhf.reward.outputs import INFO_FILE
+        info = storage.join(reward_model.path, INFO_FILE)  # a classifier's class names
+        labels = storage.read_json(info).get("labels") if storage.exists(info) else None
+        classification_metrics.log_confusion_matrix(labels or LABELS, confusion)
         storage.write_json(classification_metrics.path, classification_metrics.metadata)
     reward_model.metadata["base_model"] = large_model_reference
 

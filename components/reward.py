@@ -24,11 +24,15 @@ def train_reward_model(
     batch_size: int,
     gradient_accumulation_steps: int,
     seed: int,
+    reward_model_type: str,
+    positive_label: str,
     options: dict,
     eval_data: Optional[Input[Dataset]] = None,  # an artifact that may be absent, not a setting
+    labeled_data: Optional[Input[Dataset]] = None,  # read only by a classifier
     instruction: Optional[str] = None,  # None: Google's "not given"
 ):
-    """Train a LoRA reward model (Bradley–Terry) and write it to `reward_model` (layout in
+    """Train a LoRA reward model (Bradley–Terry on `preference_data`, or with reward_model_type
+    classifier a sequence classifier on `labeled_data`) and write it to `reward_model` (layout in
     `rlhf.reward`); a preempted task restarted on the same output resumes from its checkpoint.
     Settings default in `RewardConfig`, never here; `options` sets any field the pipeline has no
     parameter for (e.g. {"margin": 0.5, "checkpoint_every": 50})."""
@@ -40,6 +44,7 @@ def train_reward_model(
     config = REWARD_MODEL.build({
         **REWARD_MODEL.settings_of(locals()), "preference_dataset": preference_data.path,
         "output_dir": reward_model.path, "eval_dataset": eval_data.path if eval_data is not None else "",
+        "labeled_dataset": labeled_data.path if labeled_data is not None else "",
         "tensorboard_dir": tensorboard_logs.path}, options)
     result = launch.run(train, config)  # one process per GPU the task was given
     scalars = scalar_metrics(result.metrics)
@@ -48,8 +53,10 @@ def train_reward_model(
     storage.write_json(metrics.path, scalars)  # a file at .path keeps KFP's cache working
     prefix = "eval" if "eval/confusion_matrix" in result.metrics else "heldout"
     if f"{prefix}/confusion_matrix" in result.metrics:
-        classification_metrics.log_confusion_matrix(LABELS, result.metrics[f"{prefix}/confusion_matrix"])
-        fpr, tpr, thresholds = result.roc[prefix]
-        classification_metrics.log_roc_curve(fpr, tpr, thresholds)
+        classification_metrics.log_confusion_matrix(result.labels or LABELS,
+                                                    result.metrics[f"{prefix}/confusion_matrix"])
+        if prefix in result.roc:  # a classifier's held-out split may lack a class: no curve then
+            fpr, tpr, thresholds = result.roc[prefix]
+            classification_metrics.log_roc_curve(fpr, tpr, thresholds)
         storage.write_json(classification_metrics.path, classification_metrics.metadata)
     reward_model.metadata["base_model"] = large_model_reference

@@ -3,7 +3,7 @@
 from typing import Optional
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from components.image import IMAGE
 
@@ -14,6 +14,7 @@ def validate_data(
     preference_data: Output[Dataset],
     prompt_data: Output[Dataset],
     eval_data: Output[Dataset],
+    labeled_data: Output[Dataset],  # written only when labeled_dataset is given
     stats: Output[Artifact],
     metrics: Output[Metrics],
     summary: Output[Markdown],
@@ -24,7 +25,10 @@ def validate_data(
     target_sequence_length: int,
     accelerator_type: str,
     eval_dataset: Optional[str] = None,  # None: Google's "not given"
+    labeled_dataset: Optional[str] = None,  # a classifier reward model's data; None or "": not given
     instruction: Optional[str] = None,
+    labeled_preferences: Input[Dataset] = None,  # AI-feedback labels (components.label)
+    use_labeled_preferences: Optional[bool] = None,  # True: read those instead of preference_dataset
 ):
     """Check every line of the datasets; write them in the canonical format (an empty file for a
     dataset not given), the stats JSON, a Markdown/HTML summary and metrics. Invalid data fails the
@@ -38,9 +42,12 @@ def validate_data(
     problem = accelerator_type_problem(accelerator_type)
     if problem:
         raise UserError(f"accelerator_type {accelerator_type!r}: {problem}")
+    if use_labeled_preferences:
+        preference_dataset = labeled_preferences.path
     config = VALIDATION.build(VALIDATION.settings_of(locals()))
     report = run_validation(config, ValidationOutputs(
         preference=preference_data.path, prompts=prompt_data.path, eval=eval_data.path,
+        labeled=labeled_data.path,
         stats=stats.path, summary_md=summary.path, summary_html=summary_html.path))
     print("\n".join(report.warnings.lines()))
     if not report.ok:

@@ -1,4 +1,4 @@
-"""Stage 2: train the reward model on the validated preference pairs."""
+"""Stage 2: train the reward model on the validated preference pairs (or, a classifier, labeled responses)."""
 
 import functools
 from typing import NamedTuple
@@ -17,6 +17,6 @@ def reward_model_stage(target: str, training_operator: str | None = None):
     return training_stage(
         target, train_reward_model, launch_reward_model_job, training_operator=training_operator,
         name="reward-model",
-        description="Trains a LoRA reward model (Bradley-Terry) on the preference pairs.",
+        description="Trains a LoRA reward model: Bradley-Terry on the preference pairs, or a classifier on the labeled data.",
         display_name="Train reward model", tensorboard_run="reward-model",
         upload_display_name="Upload reward model metrics to TensorBoard", outputs=RewardModelOutputs)

@@ -14,13 +14,15 @@ from kfp import dsl
 
 from components.deploy import deployment_skipped
 from pipelines.deployment import deployment_stage
+from pipelines.dpo import dpo_stage
 from pipelines.evaluation import evaluation_stage
 from pipelines.reward import reward_model_stage
-from pipelines.targets import (LOCATION_PLACEHOLDER, PROJECT_ID_PLACEHOLDER, check_target, job_platform,
-                               request_small_machine, stage_hardware, stage_settings)
+from pipelines.targets import (LOCATION_PLACEHOLDER, PROJECT_ID_PLACEHOLDER, check_target,
+                               clear_of_sub_pipeline_groups, job_platform, request_small_machine,
+                               stage_hardware, stage_settings)
 from pipelines.tuning import reinforcement_learning_stage
 from pipelines.validation import validation_stage
-from rlhf.pipeline_settings import EVALUATION, REINFORCEMENT_LEARNING, REWARD_MODEL, default
+from rlhf.pipeline_settings import DPO, EVALUATION, REINFORCEMENT_LEARNING, REWARD_MODEL, TUNING_METHODS, default
 from rlhf.deploy import DEFAULT_SERVING_IMAGE
 
 PIPELINE_NAME = "rlhf-train-template"
@@ -41,6 +43,7 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
     validate_inputs = validation_stage(target)
     train_reward_model = reward_model_stage(target, training_operator)
     reinforcement_learning = reinforcement_learning_stage(target, training_operator)
+    tune_with_dpo = dpo_stage(target)
     evaluate = evaluation_stage(target)
     upload_and_deploy = deployment_stage(target) if target == "vertex" else None
 
@@ -75,10 +78,18 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
         reward_model_batch_size: int = default("reward_model_batch_size"),
         reward_model_gradient_accumulation_steps: int = default("reward_model_gradient_accumulation_steps"),
         reward_model_options: dict = default("reward_model_options"),
+        reward_model_type: str = default("reward_model_type"),
+        labeled_dataset: str = default("labeled_dataset"),
+        positive_label: str = default("positive_label"),
         reinforcement_learning_batch_size: int = default("reinforcement_learning_batch_size"),
         reinforcement_learning_options: dict = default("reinforcement_learning_options"),
+        tuning_method: str = TUNING_METHODS[0],
+        dpo_options: dict = default("dpo_options"),
         evaluation_batch_size: int = default("evaluation_batch_size"),
         evaluation_max_examples: int = default("evaluation_max_examples"),
+        eval_classifiers: list = default("eval_classifiers"),
+        ai_feedback: bool = False,
+        ai_feedback_options: dict = default("ai_feedback_options"),
         # Ours: hardware per stage.
         reward_model_accelerator_type: str = "NVIDIA_L4",
         reward_model_accelerator_count: int = 1,
@@ -107,7 +118,7 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
 
         Args:
           prompt_dataset: Prompts for reinforcement learning (JSONL): a gs:// URI or glob. Each line has `input_text`, `prompt`, or chat `messages` (`author`/`role` and `content`, first and last turn from the user). Google's parameter.
-          preference_dataset: Human (or AI) preference pairs (JSONL) to train the reward model: Google's `input_text`/`candidate_0`/`candidate_1`/`choice` format, its chat format (`messages`), TRL's `prompt`/`chosen`/`rejected`, or ranked `candidates` with a `ranking`. Google's parameter.
+          preference_dataset: Human (or AI) preference pairs (JSONL) to train the reward model (empty: AI feedback labels them, with ai_feedback): Google's `input_text`/`candidate_0`/`candidate_1`/`choice` format, its chat format (`messages`), TRL's `prompt`/`chosen`/`rejected`, or ranked `candidates` with a `ranking`. Google's parameter.
           large_model_reference: The base model: an alias (`smollm2-135m-instruct`, `llama-2-7b`, `gemma-2b-it`, ...), a gs:// directory in Hugging Face format, or a Hugging Face id. Google's parameter (PaLM names have no open weights).
           model_display_name: Name of the tuned model in the Model Registry; default: the base model's name, `-rlhf-` and the pipeline job name. Google's parameter.
           prompt_sequence_length: Maximum prompt length in tokens; longer prompts keep their last tokens. Google's parameter.
@@ -130,10 +141,18 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
           reward_model_batch_size: Preference pairs per forward pass of the reward model.
           reward_model_gradient_accumulation_steps: Forward passes per reward model step (pairs per step = batch size x this).
           reward_model_options: Any other reward model setting as a JSON object, e.g. {"lora_alpha": 16, "margin": 0.5, "heldout_fraction": 0.1} (see `rlhf train-reward --help`); a setting that has its own parameter (seed, reward_model_batch_size, ...) is refused here.
+          reward_model_type: `pairwise` (a Bradley-Terry reward model trained on the preference pairs) or `classifier` (a sequence classifier trained on labeled_dataset with class-balanced cross-entropy; the reward is the positive_label class's logit, or its log-probability with reward_model_options {"reward_from": "logprob"}).
+          labeled_dataset: Labeled responses (JSONL) for reward_model_type classifier: each line has `input_text` (or chat `messages`), `output_text` and `label` (an integer class or a class name); validated with the other datasets.
+          positive_label: With reward_model_type classifier, the class whose score is the reward (a class name, or an integer class as text).
           reinforcement_learning_batch_size: Prompts sampled per PPO step.
           reinforcement_learning_options: Any other PPO setting as a JSON object, e.g. {"mini_batch_size": 8, "ppo_epochs": 4, "lora_rank": 8, "temperature": 0.7, "adaptive_kl": true} (see `rlhf tune --help`); a setting that has its own parameter (kl_coeff, seed, ...) is refused here.
+          tuning_method: `ppo` (reinforcement learning against the reward model) or `dpo` (direct preference optimization on the preference pairs: no PPO; the reward model is still trained, for evaluation's reward scores). DPO takes the reinforcement_learning_* steps, learning rate multiplier (of 5e-5), batch size and hardware, and kl_coeff as its beta.
+          dpo_options: Any other DPO setting as a JSON object, e.g. {"loss_type": "ipo", "gradient_accumulation_steps": 4, "lora_rank": 8} (see `rlhf dpo --help`); a setting that has its own parameter (kl_coeff, seed, ...) is refused here.
           evaluation_batch_size: Eval prompts generated per batch.
           evaluation_max_examples: Evaluate on the first N eval prompts only; 0 for all.
+          eval_classifiers: Classifiers that score the base and tuned responses in evaluation, each "REF=LABEL": a classifier reward model directory or a Hugging Face sequence classifier (alias, local or gs:// directory) and the class whose probability is reported, e.g. ["gs://bucket/toxicity=toxic"].
+          ai_feedback: With an empty preference_dataset, label the prompt dataset with AI feedback instead: sample responses from the base model and rank them with a judge, the bundled constitution by default (see `rlhf label`).
+          ai_feedback_options: Any AI feedback setting as a JSON object, e.g. {"candidates": 4, "max_prompts": 2000, "temperature": 0.8, "judge": "my_judges:vertex_judge"} (see `rlhf label --help`; a judge module must be importable in the image); a setting that has its own parameter (seed, instruction, ...) is refused here.
           reward_model_accelerator_type: GPU for reward model training on Vertex AI (NVIDIA_L4, NVIDIA_TESLA_A100, NVIDIA_A100_80GB, NVIDIA_H100_80GB, ...).
           reward_model_accelerator_count: GPUs for reward model training (on a Kubeflow cluster: nvidia.com/gpu).
           reward_model_cpu_limit: CPUs for reward model training; Vertex AI picks the smallest machine with the GPUs, CPUs and memory asked for.
@@ -165,16 +184,21 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
             preference_dataset=preference_dataset,
             prompt_dataset=prompt_dataset,
             eval_dataset=eval_dataset,
+            labeled_dataset=labeled_dataset,
             instruction=instruction,
             large_model_reference=large_model_reference,
             prompt_sequence_length=prompt_sequence_length,
             target_sequence_length=target_sequence_length,
             accelerator_type=accelerator_type,
+            seed=seed,
+            ai_feedback=ai_feedback,
+            ai_feedback_options=ai_feedback_options,
         ).set_display_name("Validate Inputs")
 
         reward = train_reward_model(
             preference_data=data.outputs["preference_data"],
             eval_data=data.outputs["eval_data"],
+            labeled_data=data.outputs["labeled_data"],
             options=reward_model_options,
             tensorboard_resource_id=tensorboard_resource_id,
             encryption_spec_key_name=encryption_spec_key_name,
@@ -182,28 +206,20 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
             **stage_hardware("reward_model", params),
         ).set_display_name("Train Reward Model")
 
-        policy = reinforcement_learning(
-            prompt_data=data.outputs["prompt_data"],
-            reward_model=reward.outputs["reward_model"],
-            options=reinforcement_learning_options,
-            tensorboard_resource_id=tensorboard_resource_id,
-            encryption_spec_key_name=encryption_spec_key_name,
-            **stage_settings(REINFORCEMENT_LEARNING, params),
-            **stage_hardware("reinforcement_learning", params),
-        ).set_display_name("Reinforcement Learning")
-
-        evaluate(
-            has_eval_dataset=data.outputs["has_eval_dataset"],
-            eval_data=data.outputs["eval_data"],
-            tuned_policy=policy.outputs["policy_adapter"],
-            reward_model=reward.outputs["reward_model"],
-            training_logs=policy.outputs["tensorboard_logs"],
-            **stage_settings(EVALUATION, params),
-            **stage_hardware("evaluation", params),
-        ).set_display_name("Evaluate Tuned Model")
-
-        if upload_and_deploy is not None:
-            deployed = upload_and_deploy(
+        def evaluate_and_deploy(policy):
+            """The same evaluation and deployment for the policy either tuning method wrote."""
+            evaluate(
+                has_eval_dataset=data.outputs["has_eval_dataset"],
+                eval_data=data.outputs["eval_data"],
+                tuned_policy=policy.outputs["policy_adapter"],
+                reward_model=reward.outputs["reward_model"],
+                training_logs=policy.outputs["tensorboard_logs"],
+                **stage_settings(EVALUATION, params),
+                **stage_hardware("evaluation", params),
+            ).set_display_name("Evaluate Tuned Model")
+            if upload_and_deploy is None:
+                return None
+            return upload_and_deploy(
                 tuned_model=policy.outputs["policy_adapter"],
                 deploy_model=deploy_model,
                 model_display_name=model_display_name,
@@ -219,9 +235,43 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
                 serving_accelerator_type=serving_accelerator_type,
                 serving_accelerator_count=serving_accelerator_count,
             ).set_display_name("Upload and Deploy Tuned Model")
-        else:  # no Vertex AI to deploy to: empty names, as Google's pipeline returns when not deploying
-            deployed = request_small_machine(deployment_skipped(), target).set_display_name(
-                "Upload and Deploy Tuned Model (Vertex AI only): skipped").after(policy)
+
+        # Evaluation and deployment sit inside each branch: kfp's local runner cannot resolve a
+        # dsl.OneOf of the two policies, and only Vertex (which can) returns deployment outputs.
+        clear_of_sub_pipeline_groups()
+        # PPO first: the default keeps its task names (tune-policy, evaluate-model).
+        with dsl.If(tuning_method != "dpo", name="Tune with PPO"):
+            policy = reinforcement_learning(
+                prompt_data=data.outputs["prompt_data"],
+                reward_model=reward.outputs["reward_model"],
+                options=reinforcement_learning_options,
+                tensorboard_resource_id=tensorboard_resource_id,
+                encryption_spec_key_name=encryption_spec_key_name,
+                **stage_settings(REINFORCEMENT_LEARNING, params),
+                **stage_hardware("reinforcement_learning", params),
+            ).set_display_name("Reinforcement Learning")
+            ppo_deployed = evaluate_and_deploy(policy)
+        with dsl.Else(name="Tune with DPO"):
+            hardware = stage_hardware("reinforcement_learning", params)
+            dpo_policy = tune_with_dpo(
+                preference_data=data.outputs["preference_data"],
+                options=dpo_options,
+                tensorboard_resource_id=tensorboard_resource_id,
+                **stage_settings(DPO, params),
+                **{k: hardware[k] for k in ("gpu_type", "gpu_count", "cpu_limit", "memory_limit")},
+            ).set_display_name("Direct Preference Optimization")
+            dpo_deployed = evaluate_and_deploy(dpo_policy)
+
+        if upload_and_deploy is not None:
+            return PipelineOutput(
+                model_resource_name=dsl.OneOf(ppo_deployed.outputs["model_resource_name"],
+                                              dpo_deployed.outputs["model_resource_name"]),
+                endpoint_resource_name=dsl.OneOf(ppo_deployed.outputs["endpoint_resource_name"],
+                                                 dpo_deployed.outputs["endpoint_resource_name"]),
+            )
+        # No Vertex AI to deploy to: empty names, as Google's pipeline returns when not deploying.
+        deployed = request_small_machine(deployment_skipped(), target).set_display_name(
+            "Upload and Deploy Tuned Model (Vertex AI only): skipped")
         return PipelineOutput(
             model_resource_name=deployed.outputs["model_resource_name"],
             endpoint_resource_name=deployed.outputs["endpoint_resource_name"],

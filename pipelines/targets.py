@@ -182,6 +182,31 @@ def declared(types: Mapping[str, type]) -> list[inspect.Parameter]:
     return [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=t) for n, t in types.items()]
 
 
+def in_task_stage(target: str, component, *, name: str, description: str, display_name: str,
+                  tensorboard_run: str, upload_display_name: str, outputs: type):
+    """A stage sub-pipeline that trains with `component` in its own pipeline task, on the GPUs its
+    profile asks for (no multi-node job: `training_stage` for that), and uploads its TensorBoard
+    logs; it takes the component's own inputs plus the hardware profile and returns `outputs` (a
+    NamedTuple of the component's outputs)."""
+    from pipelines.tensorboard import upload_training_metrics
+
+    inputs = component_inputs(component) + declared({**GPU_PROFILE, "tensorboard_resource_id": str})
+
+    @sub_pipeline(name, description, inputs, returns=outputs)
+    def pipeline(tensorboard_resource_id, gpu_type, gpu_count, cpu_limit, memory_limit, **values):
+        def make_task(kind: str) -> PipelineTask:
+            task = component(**values).set_display_name(f"{display_name} ({kind.upper()})")
+            upload_training_metrics(task, target, tensorboard_resource_id, run_name=tensorboard_run,
+                                    display_name=upload_display_name)
+            return task
+
+        output = on_gpus(target, make_task, gpu_type=gpu_type, gpu_count=gpu_count, cpu_limit=cpu_limit,
+                         memory_limit=memory_limit)
+        return outputs(**{field: output(field) for field in outputs._fields})
+
+    return pipeline
+
+
 def training_stage(target: str, component, launcher, *, name: str, description: str, display_name: str,
                    tensorboard_run: str, upload_display_name: str, outputs: type,
                    training_operator: str | None = None):
@@ -237,3 +262,14 @@ def training_stage(target: str, component, launcher, *, name: str, description: 
         return outputs(**{field: dsl.OneOf(job.outputs[field], output(field)) for field in outputs._fields})
 
     return pipeline
+
+
+def clear_of_sub_pipeline_groups(skip: int = 100) -> None:
+    """Call in a pipeline body before its first `dsl.If`: kfp 2.17 names condition groups
+    `condition-N` counting from 1 in every pipeline and, compiling a parent, takes a sub-pipeline's
+    group of the same name for the parent's ("component_input_artifact ... not found"). Starting the
+    parent's count past any sub-pipeline's keeps the names apart."""
+    from kfp.dsl import pipeline_context
+    current = pipeline_context.Pipeline.get_default_pipeline()
+    for _ in range(skip):
+        current.get_next_group_id()

@@ -8,6 +8,7 @@ from kfp import dsl
 from kfp.dsl import Dataset
 
 from components.conditions import is_given
+from components.label import label_preferences
 from components.validate import validate_data
 from pipelines.targets import request_small_machine, with_hub_token_secret
 
@@ -16,6 +17,7 @@ ValidationOutputs = NamedTuple(
     preference_data=Dataset,
     prompt_data=Dataset,
     eval_data=Dataset,
+    labeled_data=Dataset,  # with a labeled_dataset only (a classifier reward model's)
     has_eval_dataset=bool,
 )
 
@@ -31,18 +33,38 @@ def validation_stage(target: str):
         prompt_sequence_length: int,
         target_sequence_length: int,
         accelerator_type: str,
+        seed: int,
+        ai_feedback: bool,
+        ai_feedback_options: dict,
         eval_dataset: Optional[str] = None,
+        labeled_dataset: Optional[str] = None,
         instruction: Optional[str] = None,
     ) -> ValidationOutputs:
+        # Always runs (a no-op unless ai_feedback and no preference dataset): see its docstring.
+        labels = label_preferences(
+            preference_dataset=preference_dataset,
+            ai_feedback=ai_feedback,
+            prompt_dataset=prompt_dataset,
+            instruction=instruction,
+            large_model_reference=large_model_reference,
+            prompt_sequence_length=prompt_sequence_length,
+            target_sequence_length=target_sequence_length,
+            seed=seed,
+            options=ai_feedback_options,
+        ).set_display_name("AI feedback labels (when no preference dataset)")
+        request_small_machine(with_hub_token_secret(labels), target)
         checked = validate_data(
             preference_dataset=preference_dataset,
             prompt_dataset=prompt_dataset,
             eval_dataset=eval_dataset,
+            labeled_dataset=labeled_dataset,
             instruction=instruction,
             tokenizer=large_model_reference,  # token counts and truncation in the stats
             prompt_sequence_length=prompt_sequence_length,
             target_sequence_length=target_sequence_length,
             accelerator_type=accelerator_type,  # refused here when it asks for what cannot run
+            labeled_preferences=labels.outputs["labeled_preferences"],
+            use_labeled_preferences=labels.outputs["Output"],
         ).set_display_name("Validate datasets")
         request_small_machine(with_hub_token_secret(checked), target)  # it loads the tokenizer
         eval_given = is_given(value=eval_dataset).set_display_name("Eval dataset given?")
@@ -51,6 +73,7 @@ def validation_stage(target: str):
             preference_data=checked.outputs["preference_data"],
             prompt_data=checked.outputs["prompt_data"],
             eval_data=checked.outputs["eval_data"],
+            labeled_data=checked.outputs["labeled_data"],
             has_eval_dataset=eval_given.output,
         )
 

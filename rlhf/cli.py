@@ -22,9 +22,12 @@ COMMANDS = {
     "prepare-model": "prepare_model",
     "train-reward": "train_reward",
     "tune": "tune",
+    "dpo": "dpo",
+    "sft": "sft",
     "evaluate": "evaluate",
     "submit": "submit",
     "plan": "plan",
+    "label": "label",
 }
 
 

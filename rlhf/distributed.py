@@ -14,6 +14,7 @@ steps call them unconditionally:
   the whole model, for a base that does not fit one device; the trainable parameters (LoRA, heads)
   are left out of FSDP (``ignored_params``): whole on every process, averaged by ``wrap``'s
   ``reduce_gradients`` after the step's last backward pass instead of DDP;
+- ``everyone(flag)``: whether a flag holds on every process, so sharded decoding loops stop together;
 - ``reduce_metrics`` / ``global_mean`` / ``all_sum``: metrics and statistics over every process
   (means weighted by counts), so every process takes the same decisions (the KL controller) and
   rank 0 logs what all of them did;
@@ -241,6 +242,14 @@ def all_min(values: Sequence[float]) -> list[float]:
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return t.tolist()
+
+
+def everyone(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process (one all-reduce): how processes whose sharded
+    forward passes must stay in step agree to stop a loop together."""
+    if not active():
+        return bool(flag)
+    return all_min([1.0 if flag else 0.0])[0] > 0
 
 
 def global_mean(total: float, count: float) -> float:

@@ -12,10 +12,11 @@ backward pass), and checked against measured peak memory on CPU by `benchmarks/m
 (README, "Memory plan").
 
 Strategies: **replicated** (every device holds the whole model: data parallel) or **sharded** (the
-frozen base split over the devices, FSDP; the plan says when it is needed, a trainer may not do it
-yet). The plan also turns on the memory settings a step may change without changing its result:
-gradient checkpointing for the reward model, smaller PPO micro-batches (more gradient accumulation,
-the same update). When nothing fits, the message names the knobs and what would fit.
+frozen base split over the devices, FSDP2; the plan says when it is needed; the reward, PPO and
+evaluation steps shard it then, or with `--shard-base`). The plan also turns on the memory settings a
+step may change without changing its result: gradient checkpointing for the reward model, smaller
+PPO micro-batches (more gradient accumulation, the same update). When nothing fits, the message names
+the knobs and what would fit.
 
 Entry points: `plan_steps` (the CLI `rlhf plan`), `pipeline_problems` (`rlhf submit`, before sending)
 and `check_device` (the trainers, on CUDA, before loading weights).
@@ -296,7 +297,12 @@ def ppo_terms(arch, work: Workload, strategy: str, devices: int, accumulation: i
     graphs = 2 if cfg.value_model == "adapter" else 1  # the value adapter's pass is alive with the policy's
     update = sum(t.bytes for t in _training_activations(arch, tokens, b, cfg.lora_target_modules,
                                                         cfg.lora_dropout, False)) * graphs
-    update += 3 * LOGITS_CHUNK  # chunked log-probs: a chunk's logits, probabilities and their gradient
+    if strategy == "sharded":  # the output layer is in the FSDP root: log-probs from the model's own logits
+        update += 3 * micro * (work.target + 1) * arch.vocab * 4  # float32 logits, log-softmax, gradient
+        rows = cfg.batch_size // devices  # old-policy and reference passes over the whole share, no grad
+        rollout = max(rollout, 2 * rows * (work.target + 1) * arch.vocab * 4)
+    else:
+        update += 3 * LOGITS_CHUNK  # chunked log-probs: a chunk's logits, probabilities and their gradient
     return [*_weights(arch, b, "lm", strategy, devices),
             Term("adapters+AdamW", adapters * ADAM_BYTES),  # policy LoRA (+ value adapter) and value head
             Term("reward adapter", reward_adapter),         # the reward model as a second adapter, frozen fp32

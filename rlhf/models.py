@@ -41,7 +41,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from rlhf import storage
 from rlhf.credentials import hub_token
@@ -394,14 +394,19 @@ def load_causal_lm(ref: Optional[str] = None, dtype=None, device=None, trust_rem
 
 
 def load_sequence_classifier(ref: Optional[str] = None, dtype=None, device=None,
-                             trust_remote_code: bool = False, pad_token_id: Optional[int] = None):
-    """A one-output ``AutoModelForSequenceClassification`` (a reward model). Its ``score`` head is new
+                             trust_remote_code: bool = False, pad_token_id: Optional[int] = None,
+                             labels: Optional[Sequence[str]] = None):
+    """A one-output ``AutoModelForSequenceClassification`` (a reward model), or one output per class
+    of ``labels`` (a classifier reward model; class i is named ``labels[i]``). Its ``score`` head is new
     (randomly initialized) when ``ref`` is a plain LM. ``pad_token_id`` defaults to the tokenizer's,
     which the model needs to find the last real token of each right-padded row."""
     from transformers import AutoModelForSequenceClassification
     if pad_token_id is None:
         pad_token_id = load_tokenizer(ref, trust_remote_code=trust_remote_code).pad_token_id
+    heads = {"num_labels": 1} if not labels else {
+        "num_labels": len(labels), "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)}}
     model = _load(AutoModelForSequenceClassification, ref, dtype, device, trust_remote_code,
-                  num_labels=1, pad_token_id=pad_token_id)
+                  pad_token_id=pad_token_id, **heads)
     model.config.pad_token_id = pad_token_id
     return model

@@ -332,6 +332,16 @@ def check_parameters(template: Template, values: Mapping[str, Any], sources: Map
         every.update(out)
         for name, problem in setting_problems(every):
             problems.append(f"{sources.get(name) or template.path}: {problem}")
+        if "preference_dataset" in out and not str(out["preference_dataset"] or "").strip() \
+                and not every.get("ai_feedback"):
+            fix = (" or set ai_feedback=true to label the prompt dataset with AI feedback"
+                   if "ai_feedback" in params else "")
+            problems.append(f"{sources.get('preference_dataset') or template.path}: parameter "
+                            f"'preference_dataset' is empty: give a preference JSONL{fix}")
+        if every.get("reward_model_type") == "classifier" and not str(every.get("labeled_dataset") or "").strip():
+            problems.append(f"{sources.get('reward_model_type') or template.path}: reward_model_type classifier "
+                            "needs labeled data: set labeled_dataset to a labeled JSONL (input_text or messages, "
+                            "output_text, label)")
         if template.target != "local":
             for name, problem in _job_machine_problems(template, every):
                 problems.append(f"{sources.get(name) or template.path}: {problem}")

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from rlhf.data.validate import ValidateConfig
+from rlhf.dpo.config import DPOConfig
 from rlhf.errors import UserError
 from rlhf.evaluate.config import EvalConfig
+from rlhf.label import LabelConfig
 from rlhf.ppo.config import PPOConfig
 from rlhf.reward.config import RewardConfig
+from rlhf.sft.config import SFTConfig
 from rlhf.settings import Settings
 
 # Settings every model-loading stage takes under the same name.
@@ -35,6 +38,7 @@ class Stage:
     parameters: Mapping[str, str]  # pipeline parameter -> config field
     options: str = ""              # the pipeline's dict parameter for any other field ("" for none)
     inputs: frozenset = frozenset()  # fields the pipeline fills from its data and earlier steps
+    when: tuple = ()               # (parameter, value) pairs: the stage runs only then (checks too)
 
     def defaults(self) -> dict[str, Any]:
         """The config's default for each field the pipeline passes as a typed value (by field name):
@@ -71,33 +75,59 @@ class Stage:
 
 
 VALIDATION = Stage("validation", ValidateConfig, {
-    **_same("preference_dataset", "prompt_dataset", "eval_dataset", "instruction",
+    **_same("preference_dataset", "prompt_dataset", "eval_dataset", "labeled_dataset", "instruction",
             "prompt_sequence_length", "target_sequence_length"),
     "large_model_reference": "tokenizer",  # token counts and truncation in the stats
 }, inputs=frozenset({"output_dir"}))
 
 REWARD_MODEL = Stage("reward model", RewardConfig, {
     **_same(*_SHARED, "reward_model_train_steps", "reward_model_learning_rate_multiplier",
-            "reward_lora_dim", "seed"),
+            "reward_lora_dim", "seed", "reward_model_type", "positive_label"),
     "reward_model_batch_size": "batch_size",
     "reward_model_gradient_accumulation_steps": "gradient_accumulation_steps",
-}, options="reward_model_options",
-    inputs=frozenset({"preference_dataset", "eval_dataset", "output_dir", "tensorboard_dir"}))
+}, options="reward_model_options",  # reward_from and class_weighting too (rarely changed)
+    inputs=frozenset({"preference_dataset", "eval_dataset", "labeled_dataset", "output_dir", "tensorboard_dir"}))
 
 REINFORCEMENT_LEARNING = Stage("reinforcement learning", PPOConfig, {
     **_same(*_SHARED, "reinforcement_learning_train_steps", "reinforcement_learning_rate_multiplier",
             "kl_coeff", "seed"),
     "reinforcement_learning_batch_size": "batch_size",
 }, options="reinforcement_learning_options",
-    inputs=frozenset({"prompt_dataset", "reward_model", "output_dir"}))
+    inputs=frozenset({"prompt_dataset", "reward_model", "output_dir"}), when=(("tuning_method", "ppo"),))
+
+# `tuning_method=dpo`: DPO in place of PPO. PPO's parameters feed it where they mean the same thing
+# (kl_coeff is DPO's beta: both weigh the KL to the reference); the rest through `dpo_options`.
+DPO = Stage("DPO", DPOConfig, {
+    **_same(*_SHARED, "reinforcement_learning_train_steps", "reinforcement_learning_rate_multiplier", "seed"),
+    "kl_coeff": "beta",
+    "reinforcement_learning_batch_size": "batch_size",
+}, options="dpo_options", inputs=frozenset({"preference_dataset", "output_dir"}),
+    when=(("tuning_method", "dpo"),))
+TUNING_METHODS = ("ppo", "dpo")  # the pipeline's `tuning_method`: the first is the default
 
 EVALUATION = Stage("evaluation", EvalConfig, {
     **_same(*_SHARED, "seed"),
     "evaluation_batch_size": "batch_size",
     "evaluation_max_examples": "max_examples",
+    "eval_classifiers": "eval_classifiers",
 }, inputs=frozenset({"eval_dataset", "model", "output_dir", "reward_model", "training_history"}))
 
-STAGES = (VALIDATION, REWARD_MODEL, REINFORCEMENT_LEARNING, EVALUATION)
+# Supervised fine-tuning before the reward model (`supervised_tuning`): its merged model becomes the
+# base of every later stage. Its settings other than the shared ones go through `sft_options`.
+SUPERVISED_FINE_TUNING = Stage("supervised fine-tuning", SFTConfig, _same(*_SHARED, "seed"),
+                               options="sft_options",
+                               inputs=frozenset({"sft_dataset", "preference_dataset", "output_dir", "tensorboard_dir",
+                                                 "save_merged_model"}))
+# The pipeline's `supervised_tuning`: off (the default), on the `sft_dataset`, or on the preferred
+# candidates of the preference data.
+SUPERVISED_TUNING = ("off", "sft_dataset", "preferred_candidates")
+
+# AI feedback (`ai_feedback`): labels the prompts when no preference dataset is given.
+LABELING = Stage("AI feedback", LabelConfig, _same("prompt_dataset", *_SHARED, "seed"),
+                 options="ai_feedback_options", inputs=frozenset({"prompt_dataset", "output"}))
+
+# SUPERVISED_FINE_TUNING joins STAGES when the pipeline has its parameters (sft_options, ...).
+STAGES = (VALIDATION, REWARD_MODEL, REINFORCEMENT_LEARNING, DPO, EVALUATION, LABELING)
 
 # Google's rlhf_pipeline fixes these parameters' defaults, which differ in form from the configs':
 # required (no default) where a config has one, or None ("not given") where a config has "".
@@ -146,7 +176,12 @@ def setting_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Check pipeline parameter values (every parameter: given or default) with each step's own
     config; returns (parameter, problem) pairs. Fields the pipeline fills itself are not checked."""
     out: list[tuple[str, str]] = []
+    method = values.get("tuning_method") or TUNING_METHODS[0]
+    if method not in TUNING_METHODS:
+        out.append(("tuning_method", f"tuning_method {method!r}: use one of {', '.join(TUNING_METHODS)}"))
     for stage in STAGES:
+        if any((values.get(p) or TUNING_METHODS[0]) != v for p, v in stage.when):
+            continue  # a stage this run skips: its settings do not apply
         typed = {field: values[p] for p, field in stage.parameters.items()
                  if p in values and values[p] is not None}
         options = values.get(stage.options) if stage.options else None

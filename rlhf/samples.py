@@ -34,3 +34,8 @@ def prompt_dataset() -> str:
 
 def eval_dataset() -> str:
     return _path("eval.jsonl")
+
+
+def labeled_dataset() -> str:
+    """Labeled candidates for a classifier reward model (`scripts/build_labeled_data.py`)."""
+    return _path("labeled.jsonl")

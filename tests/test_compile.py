@@ -225,7 +225,8 @@ def test_kfp_training_asks_for_nvidia_gpus(compiled):
     resources = _resources(compiled["kfp"])
     trainers = {name: r for name, r in resources.items()
                 if name.startswith(("exec-train", "exec-tune", "exec-evaluate"))}
-    assert len(trainers) == 3
+    # reward model, PPO, DPO, and the evaluation in each tuning branch (tuning_method)
+    assert len(trainers) == 5
     assert all(r["accelerator"]["resourceType"] == "nvidia.com/gpu" for r in trainers.values())
     assert "upload" not in json.dumps(compiled["kfp"]["components"])  # no Vertex-only tasks
 

@@ -303,7 +303,9 @@ def test_a_template_compiled_for_vertex_launches_a_two_replica_custom_job(vertex
     assert runs_as_job.python_func(**decide) is True
 
     values, conditions = _task_values(spec, "comp-launch-ppo-job", {**given, "reinforcement_learning_replica_count": 2})
-    assert [c for c, _ in conditions] == ["inputs.parameter_values['pipelinechannel--runs-as-job-Output'] == true"]
+    assert [c for c, _ in conditions] == [  # PPO (not DPO), then as a job
+        "inputs.parameter_values['pipelinechannel--tuning_method'] != 'dpo'",
+        "inputs.parameter_values['pipelinechannel--runs-as-job-Output'] == true"]
     _vertex_placeholders.root = f"{gcs_prefix}/root"
     values = {k: _vertex_placeholders(v) for k, v in values.items()}
     assert (values["replica_count"], values["platform"], values["project"]) == (2, "vertex", PROJECT)

@@ -79,5 +79,5 @@ def run(args: argparse.Namespace) -> int:
     for plan in plans:
         print("  " + plan.line())
     if any(p.strategy == "sharded" for p in plans):
-        print("  sharded: the frozen base is split over the devices (FSDP); a trainer that cannot shard refuses")
+        print("  sharded: the frozen base is split over the devices (FSDP2); the step shards it itself")
     return 0

@@ -126,6 +126,7 @@ def parameter_values(args, template) -> dict:
     overrides = parameters.parse_assignments(args.parameter)
     for name, value in overrides.items():
         values[name], sources[name] = value, f"--parameter {name}={value}"
+    bundled_labeled_dataset(values, sources)
     known = template.parameters
     values = {k: v for k, v in values.items() if k in known or k in overrides}  # a foreign template
     checked = parameters.check_parameters(template, values, sources, raw_strings=overrides)
@@ -136,6 +137,13 @@ def parameter_values(args, template) -> dict:
     return checked
 
 
+def bundled_labeled_dataset(values: dict, sources: dict) -> None:
+    """A classifier reward model without its labeled data trains on the bundled labeled sample."""
+    from rlhf import samples
+    if values.get("reward_model_type") == "classifier" and not values.get("labeled_dataset"):
+        values["labeled_dataset"], sources["labeled_dataset"] = samples.labeled_dataset(), "run-local default"
+
+
 def _preflight(values: dict) -> None:
     """Check the datasets here first, so a data mistake is a clear message, not a failed task."""
     from rlhf.data.validate import ValidateConfig, run_validation
@@ -143,6 +151,7 @@ def _preflight(values: dict) -> None:
     report = run_validation(ValidateConfig(
         preference_dataset=values.get("preference_dataset", ""),
         prompt_dataset=values.get("prompt_dataset", ""), eval_dataset=values.get("eval_dataset", ""),
+        labeled_dataset=values.get("labeled_dataset") or "",
         instruction=values.get("instruction", "")))
     if not report.ok:
         raise UserError(report.problem_text())
@@ -150,7 +159,8 @@ def _preflight(values: dict) -> None:
 
 def _show_plan(values: dict, root: str) -> None:
     print("rlhf run-local: the pipeline runs task by task with kfp's local runner")
-    for name in ("preference_dataset", "prompt_dataset", "eval_dataset", "instruction", "large_model_reference",
+    for name in ("preference_dataset", "prompt_dataset", "eval_dataset", "reward_model_type", "labeled_dataset",
+                 "instruction", "large_model_reference",
                  "reward_model_train_steps", "reinforcement_learning_train_steps"):
         if name in values:
             print(f"  {name:36s} {values[name]!r}")
@@ -165,14 +175,19 @@ def _newest_run_dir(root: Path, before: set) -> Path | None:
 
 # What the main outputs are, for the listing at the end (other outputs are listed by name only).
 _DESCRIPTIONS = {
+    "label-preferences/labeled_preferences": "AI-feedback preference labels, ranked JSONL (with ai_feedback)",
     "validate-data/summary": "data validation summary (Markdown)",
     "validate-data/stats": "dataset statistics (JSON)",
     "validate-data/preference_data": "preference pairs, canonical JSONL",
+    "validate-data/labeled_data": "labeled responses (reward_model_type=classifier), canonical JSONL",
     "train-reward-model/reward_model": "the trained reward model (LoRA adapter + score head)",
     "train-reward-model/metrics": "reward model metrics (JSON)",
     "tune-policy/policy_adapter": "the tuned policy: a LoRA adapter on the base model",
     "tune-policy/samples": "sample generations during PPO",
     "tune-policy/tensorboard_logs": "PPO curves: tensorboard --logdir THIS",
+    "tune-policy-dpo/policy_adapter": "the tuned policy (tuning_method=dpo): a LoRA adapter on the base model",
+    "tune-policy-dpo/samples": "sample generations during DPO",
+    "tune-policy-dpo/tensorboard_logs": "DPO curves: tensorboard --logdir THIS",
     "evaluate-model/report": "evaluation report, tuned vs base (HTML: open in a browser)",
     "evaluate-model/summary": "evaluation summary (Markdown, printed below)",
     "evaluate-model/predictions": "base and tuned responses per eval prompt",
@@ -193,7 +208,7 @@ def _show_outputs(run_dir: Path, outputs, elapsed: float) -> None:
     print(f"\nfinished in {elapsed:.0f} s; every task's outputs are under {run_dir}")
     found = find_outputs(run_dir)
     for key, description in _DESCRIPTIONS.items():  # in pipeline order
-        if key in found:
+        if key in found and not (found[key].is_file() and found[key].stat().st_size == 0):  # a no-op's
             print(f"  {description}:\n      {found[key]}")
     others = sorted(set(found) - set(_DESCRIPTIONS))
     if others:

@@ -51,7 +51,29 @@ class EvalExample:
     reference: Optional[str] = None
 
 
-Row = TypeVar("Row", PreferencePair, Prompt, EvalExample)
+@dataclass
+class LabeledExample:
+    """One response with its class, for a classifier reward model: `label` is an integer class or a
+    class name, as the user's row gave it."""
+
+    messages: list[Message]
+    response: str
+    label: int | str
+    source: str = ""
+    instruction: Optional[str] = None
+
+
+@dataclass
+class SFTExample:
+    """One demonstration for supervised fine-tuning: `response` is the answer to `messages`."""
+
+    messages: list[Message]
+    response: str
+    source: str = ""
+    instruction: Optional[str] = None
+
+
+Row = TypeVar("Row", PreferencePair, Prompt, EvalExample, LabeledExample, SFTExample)
 
 
 def prompt_messages(row: PreferencePair | Prompt | EvalExample) -> list[Message]:
@@ -117,3 +139,11 @@ def read_prompts(uri: str) -> list[Prompt]:
 
 def read_eval_examples(uri: str) -> list[EvalExample]:
     return list(read_jsonl(uri, EvalExample))
+
+
+def read_labeled_examples(uri: str) -> list[LabeledExample]:
+    return list(read_jsonl(uri, LabeledExample))
+
+
+def read_sft_examples(uri: str) -> list[SFTExample]:
+    return list(read_jsonl(uri, SFTExample))

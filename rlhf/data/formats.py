@@ -25,6 +25,12 @@ Datasets:
     prompt      a prompt part only.
     eval        a prompt part, optionally one pair (choice or chosen/rejected, to score the reward
                 model) and an optional `reference` text.
+    labeled     a prompt part, `output_text` (the response) and `label`: an integer class (0, 1, ...)
+                or a class name (a non-empty string), one kind in the whole dataset; for training a
+                classifier reward model.
+    sft         demonstrations for supervised fine-tuning (Vertex AI's supervised tuning rows): a
+                prompt part and `output_text` (the answer), or chat `messages` whose last turn is the
+                assistant's answer.
 Every row may carry an `instruction` string, prepended to the prompt (as Google's pipeline does); it
 overrides the run's `--instruction` (null or "" means none). `reference` may be null.
 Unknown fields are ignored (the validator warns once per dataset). A prompt dataset may be a
@@ -41,9 +47,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from rlhf.data.canonical import EvalExample, PreferencePair, Prompt
+from rlhf.data.canonical import EvalExample, LabeledExample, PreferencePair, Prompt, SFTExample
 
-KINDS = ("preference", "prompt", "eval")
+KINDS = ("preference", "prompt", "eval", "labeled", "sft")
 
 PROMPT_KEYS = ("input_text", "messages", "prompt")
 ANSWER_KEYS = {
@@ -51,8 +57,11 @@ ANSWER_KEYS = {
     "chosen": ("chosen", "rejected"),
     "ranking": ("candidates", "ranking"),
 }
+LABEL_KEYS = ("output_text", "label")  # a labeled row's answer part
 OPTIONAL_KEYS = {"preference": ("instruction",), "prompt": ("instruction",),
-                 "eval": ("instruction", "reference")}
+                 "eval": ("instruction", "reference"), "labeled": ("instruction",), "sft": ("instruction",)}
+# An sft row's answer: `output_text` ("output"), or the last turn of `messages` ("answer_turn").
+SFT_KEYS = {"output": ("output_text",), "answer_turn": ()}
 
 # (prompt key, answer form) -> short format name used in stats and messages.
 FORMAT_NAMES = {
@@ -61,15 +70,32 @@ FORMAT_NAMES = {
     ("prompt", "chosen"): "trl",
     ("input_text", "ranking"): "ranked",
     ("messages", "ranking"): "ranked_chat",
+    # The label's kind is part of a labeled format, so a dataset mixing integers and names is
+    # reported where the kind changes, like any other change of format.
+    ("input_text", "label_id"): "labeled",
+    ("messages", "label_id"): "labeled_chat",
+    ("input_text", "label_name"): "labeled_names",
+    ("messages", "label_name"): "labeled_names_chat",
+    ("input_text", "output"): "sft_text",
+    ("messages", "answer_turn"): "sft_chat",
+    ("messages", "output"): "sft_chat_output",
+    ("prompt", "output"): "sft_prompt",
 }
 _TITLES = {"google_text": "Google text", "google_chat": "Google chat", "trl": "TRL",
            "ranked": "ranked", "ranked_chat": "ranked chat", "text": "text prompt",
-           "chat": "chat prompt", "prompt": "TRL prompt"}
+           "chat": "chat prompt", "prompt": "TRL prompt", "labeled": "labeled, integer classes",
+           "labeled_chat": "labeled chat, integer classes", "labeled_names": "labeled, class names",
+           "labeled_names_chat": "labeled chat, class names", "sft_text": "supervised text",
+           "sft_chat": "supervised chat (answer as the last turn)",
+           "sft_chat_output": "supervised chat with output_text", "sft_prompt": "supervised TRL prompt"}
 
 EXAMPLES = {
     "preference": '{"input_text": "...", "candidate_0": "...", "candidate_1": "...", "choice": 0}',
     "prompt": '{"input_text": "..."}',
     "eval": '{"input_text": "..."} (optionally with candidate_0/candidate_1/choice and "reference")',
+    "labeled": '{"input_text": "...", "output_text": "...", "label": 1}',
+    "sft": '{"input_text": "...", "output_text": "..."} or {"messages": [{"author": "user", "content": '
+           '"..."}, {"author": "assistant", "content": "..."}]}',
 }
 
 
@@ -88,7 +114,7 @@ def describe_format(name: str) -> str:
             prompt_key, answer = p, a
     prompt_key = {"text": "input_text", "chat": "messages"}.get(prompt_key, prompt_key)
     keys.append(prompt_key)
-    keys.extend(ANSWER_KEYS.get(answer, ()))
+    keys.extend(LABEL_KEYS if answer.startswith("label") else SFT_KEYS.get(answer) or ANSWER_KEYS.get(answer, ()))
     title = _TITLES.get(name, name)
     return f"{title} ({', '.join(keys)})"
 
@@ -102,6 +128,7 @@ class ParsedRow:
     errors: list[str] = field(default_factory=list)
     unknown_keys: list[str] = field(default_factory=list)
     choice: Optional[int] = None  # Google's `choice`, for the balance statistic
+    label: Optional[str] = None  # a labeled row's class as text, for the label-balance statistic
     prompt: str = ""  # the prompt's text (instruction excluded), for the train/eval overlap check
     responses: list[str] = field(default_factory=list)  # distinct candidate texts, for length stats
     key: str = ""  # the row's content whatever its key order or spacing, for exact-duplicate checks
@@ -209,6 +236,8 @@ def _prompt(obj: dict, errors: list[str]) -> tuple[Optional[str], Optional[list[
 
 def _answer_form(obj: dict, kind: str, errors: list[str]) -> tuple[bool, Optional[str]]:
     """(ok, answer form or None when the row has no answer fields)."""
+    if kind in ("labeled", "sft"):
+        return True, None  # its answer is output_text (and label); pairs are unknown keys
     forms = [form for form, keys in ANSWER_KEYS.items() if any(k in obj for k in keys)]
     if len(forms) > 1:
         fields = " and ".join("/".join(ANSWER_KEYS[f]) for f in forms)
@@ -335,10 +364,67 @@ def _ranked(obj: dict, errors: list[str]) -> Optional[tuple[list[str], list[int]
     return texts, ranking
 
 
+def _label(obj: dict, errors: list[str]) -> tuple[Optional[str], object]:
+    """(answer form, label): an integer class >= 0 or a class name; (None, None) if invalid."""
+    expected = "an integer class (0, 1, ...) or a class name (a non-empty string)"
+    if "label" not in obj:
+        errors.append(f"missing field `label`; expected {expected}")
+        return None, None
+    value = obj["label"]
+    if isinstance(value, bool):
+        errors.append(f"`label` is {describe_value(value)}; expected {expected}, not a boolean: "
+                      f"write {int(value)}")
+    elif isinstance(value, int) and value >= 0:
+        return "label_id", value
+    elif isinstance(value, float) and value.is_integer() and value >= 0:
+        errors.append(f"`label` is {describe_value(value)}; expected {expected}: write {int(value)}")
+    elif isinstance(value, str) and value.strip():
+        return "label_name", value.strip()
+    else:
+        errors.append(f"`label` is {describe_value(value)}; expected {expected}")
+    return None, None
+
+
+def _split_answer_turn(obj: dict) -> tuple[dict, Optional[tuple[int, Any]]]:
+    """An sft row whose `messages` end with an assistant turn: (the row with that turn removed,
+    (its index, the turn)); other rows unchanged with None. The rest of the conversation is then
+    checked as any prompt is."""
+    turns = obj.get("messages")
+    if not isinstance(turns, list) or not turns or not isinstance(turns[-1], dict):
+        return obj, None
+    last = turns[-1]
+    if last.get("author", last.get("role")) != "assistant":
+        return obj, None
+    return {**obj, "messages": turns[:-1]}, (len(turns) - 1, last)
+
+
+def _sft_answer(obj: dict, answer_turn: Optional[tuple[int, Any]], errors: list[str]) -> tuple[Optional[str], Optional[str]]:
+    """(answer form, response) of an sft row; (None, None) if invalid."""
+    if answer_turn is not None:
+        index, turn = answer_turn
+        if "output_text" in obj:
+            errors.append(f"has both `output_text` and an assistant turn at the end of `messages` "
+                          f"(messages[{index}]); expected one answer: drop one of them")
+            return None, None
+        text = _text(turn.get("content"), f"messages[{index}].content", "a non-empty string (the answer)",
+                     errors, present="content" in turn)
+        return (None, None) if text is None else ("answer_turn", text)
+    if "output_text" not in obj and isinstance(obj.get("messages"), list):
+        errors.append("has no answer; expected the conversation to end with the assistant's answer "
+                      "(an `assistant` turn), or a field `output_text`")
+        return None, None
+    text = _field(obj, "output_text", "a non-empty string (the answer to learn)", errors)
+    return (None, None) if text is None else ("output", text)
+
+
 @functools.lru_cache(maxsize=None)
 def _known_keys(kind: str, answer: Optional[str]) -> frozenset:
     known = set(PROMPT_KEYS) | set(OPTIONAL_KEYS[kind])
-    if answer is not None:
+    if kind == "labeled":
+        known |= set(LABEL_KEYS)
+    elif kind == "sft":
+        known |= {"output_text"}
+    elif answer is not None:
         known |= set(ANSWER_KEYS[answer])
     if kind == "prompt":
         # A preference file may serve as the prompt dataset: its answers are simply not needed.
@@ -359,8 +445,19 @@ def parse_row(kind: str, obj: Any, *, instruction: Optional[str] = None, source:
                           f"per line like {EXAMPLES[kind]}")
         return out
     errors = out.errors
+    answer_turn, original = None, obj
+    if kind == "sft":
+        obj, answer_turn = _split_answer_turn(obj)
     prompt_key, messages = _prompt(obj, errors)
     ok, answer = _answer_form(obj, kind, errors)
+    response = label = None
+    if kind == "labeled":
+        response = _field(obj, "output_text", "a non-empty string (the response that is labeled)", errors)
+        answer, label = _label(obj, errors)
+        ok = answer is not None
+    elif kind == "sft":
+        answer, response = _sft_answer(obj, answer_turn, errors)
+        ok = answer is not None
     if prompt_key is not None and ok:
         out.format = format_name(prompt_key, answer)
 
@@ -383,10 +480,18 @@ def parse_row(kind: str, obj: Any, *, instruction: Optional[str] = None, source:
 
     if errors or messages is None:
         return out
-    out.key = json.dumps(obj, sort_keys=True, ensure_ascii=False)
+    out.key = json.dumps(original, sort_keys=True, ensure_ascii=False)
     out.prompt = json.dumps(messages, ensure_ascii=False) if len(messages) > 1 else messages[0]["content"]
     if kind == "prompt":
         out.rows = [Prompt(messages=messages, source=source, instruction=instruction)]
+    elif kind == "labeled":
+        out.rows = [LabeledExample(messages=messages, response=response, label=label, source=source,
+                                   instruction=instruction)]
+        out.responses = [response]
+        out.label = str(label)
+    elif kind == "sft":
+        out.rows = [SFTExample(messages=messages, response=response, source=source, instruction=instruction)]
+        out.responses = [response]
     elif kind == "eval":
         chosen, rejected = pair if pair else (None, None)
         out.rows = [EvalExample(messages=messages, source=source, instruction=instruction,

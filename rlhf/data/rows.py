@@ -17,10 +17,10 @@ from rlhf.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ROW_TYPES = {"prompt": canonical.Prompt, "eval": canonical.EvalExample}
+ROW_TYPES = {"prompt": canonical.Prompt, "eval": canonical.EvalExample, "sft": canonical.SFTExample}
 MAX_PROBLEMS = 20
 
-Row = Union[canonical.Prompt, canonical.EvalExample]
+Row = Union[canonical.Prompt, canonical.EvalExample, canonical.SFTExample]
 
 
 def is_canonical(obj, kind: str) -> bool:
@@ -47,7 +47,7 @@ def _lines(uri: str, what: str):
 
 
 def load_rows(uri: str, kind: str, instruction: str = "", max_rows: int = 0) -> list[Row]:
-    """The `kind` ("prompt" or "eval") rows of `uri` (file, gs:// URI or glob), canonical or raw (see
+    """The `kind` ("prompt", "eval" or "sft") rows of `uri` (file, gs:// URI or glob), canonical or raw (see
     module doc). `instruction` is the default for raw rows without their own; `max_rows` > 0 keeps
     the first N. Every bad row is a UserError naming its file and line (up to MAX_PROBLEMS)."""
     what = f"{kind} dataset"

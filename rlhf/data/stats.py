@@ -72,6 +72,7 @@ class DatasetStats:
         self.canonical_rows = 0
         self.formats: Counter = Counter()
         self.choices: Counter = Counter()
+        self.labels: Counter = Counter()  # labeled data: class (as text) -> rows
         self.duplicates = 0
         self.prompt_chars = array("I")
         self.response_chars = array("I")
@@ -84,6 +85,8 @@ class DatasetStats:
         self.formats[parsed.format] += 1
         if parsed.choice is not None:
             self.choices[parsed.choice] += 1
+        if parsed.label is not None:
+            self.labels[parsed.label] += 1
         prompt = prompt_text(parsed.rows[0])
         self.prompt_chars.append(len(prompt))
         self.response_chars.extend(len(r) for r in parsed.responses)
@@ -108,6 +111,8 @@ class DatasetStats:
             total = sum(self.choices.values())
             out["choice"] = {"0": self.choices[0], "1": self.choices[1],
                              "fraction_1": round(self.choices[1] / total, 4)}
+        if self.labels:
+            out["labels"] = label_balance(self.labels)
         if self.prompt_tokens is not None:
             self.prompt_tokens.flush()
             self.response_tokens.flush()
@@ -117,6 +122,13 @@ class DatasetStats:
                 out["tokens"]["response"] = percentiles(self.response_tokens.lengths)
                 out["truncated"]["response"] = self.response_tokens.over(target_sequence_length)
         return out
+
+
+def label_balance(labels: Counter) -> dict[str, dict[str, float]]:
+    """{class: {"rows", "fraction"}}, classes in their natural order (integers numerically)."""
+    total = sum(labels.values())
+    order = sorted(labels, key=lambda c: (0, int(c), "") if c.isdigit() else (1, 0, c))
+    return {c: {"rows": labels[c], "fraction": round(labels[c] / total, 4)} for c in order}
 
 
 def flat_metrics(stats: dict[str, Any]) -> dict[str, float]:
@@ -129,6 +141,8 @@ def flat_metrics(stats: dict[str, Any]) -> dict[str, float]:
         metrics[f"data/{kind}_duplicates"] = ds["duplicates"]
         if "choice" in ds:
             metrics[f"data/{kind}_choice_1_fraction"] = ds["choice"]["fraction_1"]
+        for label, balance in ds.get("labels", {}).items():
+            metrics[f"data/{kind}_label_{label}_fraction"] = balance["fraction"]
         for part, lengths in ds["chars"].items():
             for q in ("p50", "p99", "max"):
                 metrics[f"data/{kind}_{part}_chars_{q}"] = lengths[q]

@@ -45,6 +45,10 @@ def _facts(stats: dict[str, Any]) -> list[str]:
                      f"prompt / {stats['target_sequence_length']} response tokens)")
     if "eval_prompts_in_training" in stats:
         facts.append(f"Eval prompts also in the training data: {stats['eval_prompts_in_training']}")
+    for kind, ds in stats["datasets"].items():
+        if "labels" in ds:
+            balance = ", ".join(f"{c}: {b['rows']} ({b['fraction']:.1%})" for c, b in ds["labels"].items())
+            facts.append(f"Label balance of the {kind} data: {balance}")
     facts.append(f"Warnings: {stats['warnings']['count']}")
     return facts + list(stats.get("notes", []))
 

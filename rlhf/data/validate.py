@@ -52,6 +52,12 @@ class ValidateConfig(Settings):
         "", "prompts for reinforcement learning: input_text, prompt or chat messages per line")
     eval_dataset: str = setting(
         "", "held-out prompts, optionally with a preference pair and a `reference` text")
+    labeled_dataset: str = setting(
+        "", "labeled responses for a classifier reward model: input_text (or chat messages), "
+            "output_text and label (an integer class or a class name) per line")
+    sft_dataset: str = setting(
+        "", "demonstrations for supervised fine-tuning: input_text and output_text, or chat messages "
+            "ending with the assistant's answer, per line (Vertex AI's supervised tuning format)")
     output_dir: str = setting(
         "", "where to write the canonical datasets, stats.json and summary.md/html (local or gs://); "
             "nothing is written when empty or when any dataset is invalid")
@@ -66,11 +72,12 @@ class ValidateConfig(Settings):
     def cross_checks(self) -> Iterable[settings.Problem]:
         if not self.datasets():
             yield settings.Problem("preference_dataset", "", "no dataset given: pass any of --preference-dataset, "
-                                                    "--prompt-dataset, --eval-dataset")
+                                                    "--prompt-dataset, --eval-dataset, --labeled-dataset, "
+                                                    "--sft-dataset")
 
     def datasets(self) -> dict[str, str]:
         given = {"preference": self.preference_dataset, "prompt": self.prompt_dataset,
-                 "eval": self.eval_dataset}
+                 "eval": self.eval_dataset, "labeled": self.labeled_dataset, "sft": self.sft_dataset}
         return {kind: uri for kind, uri in given.items() if uri}
 
 
@@ -84,15 +91,19 @@ class ValidationOutputs:
     stats: str
     summary_md: str
     summary_html: str
+    labeled: str = ""  # only written when set (and a labeled dataset was given)
+    sft: str = ""  # likewise
 
     @classmethod
     def in_dir(cls, directory: str) -> "ValidationOutputs":
         return cls(**{k: storage.join(directory, name) for k, name in (
             ("preference", "preference.jsonl"), ("prompts", "prompts.jsonl"), ("eval", "eval.jsonl"),
-            ("stats", "stats.json"), ("summary_md", "summary.md"), ("summary_html", "summary.html"))})
+            ("stats", "stats.json"), ("summary_md", "summary.md"), ("summary_html", "summary.html"),
+            ("labeled", "labeled.jsonl"), ("sft", "sft.jsonl"))})
 
     def dataset(self, kind: str) -> str:
-        return {"preference": self.preference, "prompt": self.prompts, "eval": self.eval}[kind]
+        return {"preference": self.preference, "prompt": self.prompts, "eval": self.eval,
+                "labeled": self.labeled, "sft": self.sft}[kind]
 
 
 @dataclass
@@ -378,7 +389,7 @@ def _overlap(run: _Run) -> int:
     import numpy as np
 
     evals = run.prompt_hashes.get("eval")
-    train = [run.prompt_hashes[k] for k in ("preference", "prompt") if k in run.prompt_hashes]
+    train = [run.prompt_hashes[k] for k in ("preference", "prompt", "labeled", "sft") if k in run.prompt_hashes]
     if evals is None or not len(evals.hashes) or not any(len(t.hashes) for t in train):
         return 0
     train_hashes = np.concatenate([np.frombuffer(t.hashes, dtype=np.uint64) for t in train])
@@ -427,7 +438,11 @@ def run_validation(config: ValidateConfig, outputs: Optional[ValidationOutputs] 
         with contextlib.ExitStack() as stack:
             for kind in KINDS:
                 sink = None
-                if outputs is not None:
+                # labeled.jsonl and sft.jsonl are new: written only where the caller names them and
+                # that dataset was given
+                optional = {"labeled": (outputs.labeled, config.labeled_dataset),
+                            "sft": (outputs.sft, config.sft_dataset)}.get(kind) if outputs is not None else None
+                if outputs is not None and (optional is None or all(optional)):
                     sink = stack.enter_context(storage.open_write(outputs.dataset(kind), "wt"))
                 uri = config.datasets().get(kind)
                 if uri:

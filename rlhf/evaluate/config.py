@@ -31,6 +31,14 @@ class EvalConfig(Settings):
     reward_model: str = setting(
         "", "Trained reward model directory (from `rlhf train-reward`) to score base and tuned responses; "
             "empty to skip reward-model metrics.")
+    positive_label: str = setting(
+        "", "The class whose score is the reward when reward_model is a classifier: required for an existing "
+            "Hugging Face sequence classifier; empty: a trained classifier reward model's own")
+    eval_classifiers: list[str] = setting(
+        help="Classifiers to score base and tuned responses with, each REF=LABEL: a classifier reward model "
+             "(`rlhf train-reward --reward-model-type classifier`) or a Hugging Face sequence classifier "
+             "(alias, local or gs:// directory), and the class whose probability is reported",
+        default_factory=list)
     training_history: str = setting(
         "", "PPO training history: a metrics.jsonl file or a directory holding one, for the reward and KL "
             "curves in the report; empty for none.")
@@ -54,3 +62,12 @@ class EvalConfig(Settings):
     device: str = settings.device()
     dtype: str = settings.dtype()
     devices: Optional[int] = settings.devices()
+    shard_base: bool = settings.shard_base()
+
+    def cross_checks(self):
+        from rlhf.evaluate.classifiers import parse
+        from rlhf.errors import UserError
+        try:
+            parse(self.eval_classifiers)
+        except UserError as e:
+            yield settings.Problem("eval_classifiers", self.eval_classifiers, str(e))

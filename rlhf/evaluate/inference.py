@@ -96,11 +96,16 @@ def response_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
 
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], settings: GenerationSettings,
              on_batch: Optional[Callable[[GeneratedBatch], None]] = None, keep_logits: bool = False,
-             label: str = "model") -> list[Generation]:
-    """Generate one response per prompt (token ids, e.g. from `rlhf.encoding.encode_prompt`)."""
+             label: str = "model", rounds: int = 0, standin: Sequence[int] = ()) -> list[Generation]:
+    """Generate one response per prompt (token ids, e.g. from `rlhf.encoding.encode_prompt`).
+
+    ``rounds`` > 0 (a model sharded over the processes, whose forward passes gather weights from all of
+    them): every process runs ``rounds`` batches, its own then stand-ins of the prompt ``standin``
+    (results dropped; ``on_batch`` sees them with no indices), each decoded in step with the others
+    (``synced_gpus``: a process whose rows ended keeps running forward passes until all have)."""
     from transformers import GenerationConfig
 
-    if not prompts:
+    if not prompts and not rounds:
         return []
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
@@ -117,17 +122,21 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], settings: Gener
         torch.manual_seed(settings.seed)
 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+    batches = [order[b:b + settings.batch_size] for b in range(0, len(order), settings.batch_size)]
+    if rounds and len(batches) > rounds:
+        raise RuntimeError(f"{len(batches)} batches for {rounds} rounds")
+    batches += [[]] * (rounds - len(batches))  # stand-ins: as many forward passes as the others
+    synced = {"synced_gpus": True} if rounds else {}
     results: list[Optional[Generation]] = [None] * len(prompts)
     start, new_tokens = time.perf_counter(), 0
     was_training = model.training
     model.eval()
     try:
-        for b in range(0, len(order), settings.batch_size):
-            indices = order[b:b + settings.batch_size]
-            input_ids, attention = _left_pad([prompts[i] for i in indices], pad_id, device)
+        for b, indices in enumerate(batches):
+            input_ids, attention = _left_pad([prompts[i] for i in indices] or [standin], pad_id, device)
             with torch.inference_mode():
                 out = model.generate(input_ids=input_ids, attention_mask=attention,
-                                     generation_config=generation_config)
+                                     generation_config=generation_config, **synced)
             response = out.sequences[:, input_ids.shape[1]:]
             mask = response_mask(response, eos_ids)
             rows = response.tolist()
@@ -144,7 +153,9 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], settings: Gener
                 on_batch(GeneratedBatch(indices=indices, sequences=out.sequences,
                                         attention_mask=torch.cat([attention, mask], dim=1),
                                         response_tokens=response, response_mask=mask, logits=logits))
-            done = min(b + settings.batch_size, len(order))
+            if not indices:
+                continue
+            done = min((b + 1) * settings.batch_size, len(order))
             elapsed = time.perf_counter() - start
             log.info("%s: generated %d/%d responses, %.1f tokens/s", label, done, len(order),
                      new_tokens / max(elapsed, 1e-9))

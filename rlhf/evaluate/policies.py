@@ -88,10 +88,28 @@ class PolicyPair:
     tokenizer: Any
     base_reference: str
     separate_base: Any = None
+    sharded: bool = False  # the weights are sharded over the processes (`shard`)
 
     @property
     def shares_base(self) -> bool:
         return self.separate_base is None
+
+    def shard(self, device) -> bool:
+        """Shard every model of the pair over the processes (FSDP2, ``rlhf.distributed.shard_frozen``),
+        each rooted at the causal LM whose ``forward`` generation calls (under a PeftModel, its base
+        model). Nothing is trained here, so every weight is frozen and sharded, LoRA included. Every
+        process must then run as many forward passes (``inference.generate``'s ``rounds``). False
+        (nothing done) in a single process."""
+        from rlhf import distributed
+        if not distributed.active():
+            return False
+        for model in (self.tuned, self.separate_base):
+            if model is not None:
+                model.requires_grad_(False)
+                root = model.get_base_model() if hasattr(model, "get_base_model") else model
+                distributed.shard_frozen(model, device, root=root)
+        self.sharded = True
+        return True
 
     @contextlib.contextmanager
     def base(self):

@@ -235,6 +235,12 @@ def _metric_tables(m: dict[str, float]) -> str:
             rows.append(f"<tr><td>{e(label)}</td><td class='num'>{_fmt(b, spec)}</td>"
                         f"<td class='num'>{_fmt(t, spec)}</td>{_delta_cell(b, t, spec)}"
                         f"<td class='note'>{e(note)}</td></tr>")
+    for name in classifier_names(m):
+        for what, suffix, spec in (("mean probability", "mean", ".3f"), ("share above 0.5", "above_half", ".1%")):
+            b, t = m.get(f"eval/classifier/{name}/base_{suffix}"), m.get(f"eval/classifier/{name}/tuned_{suffix}")
+            rows.append(f"<tr><td>Classifier {e(name)}: {what}</td><td class='num'>{_fmt(b, spec)}</td>"
+                        f"<td class='num'>{_fmt(t, spec)}</td>{_delta_cell(b, t, spec)}"
+                        f"<td class='note'>P(class) by an evaluation classifier (eval_classifiers)</td></tr>")
     paired = ("<table><tr><th>Metric</th><th>Base</th><th>Tuned</th><th>Change</th><th>Note</th></tr>"
               + "".join(rows) + "</table>") if rows else ""
     rows = []
@@ -245,6 +251,12 @@ def _metric_tables(m: dict[str, float]) -> str:
     single = ("<table><tr><th>Metric</th><th>Value</th><th>Note</th><th>Name</th></tr>"
               + "".join(rows) + "</table>") if rows else ""
     return paired + single
+
+
+def classifier_names(m: dict[str, float]) -> list[str]:
+    """The eval classifiers' names, from their metrics (`eval/classifier/NAME/base_mean`)."""
+    return sorted(k[len("eval/classifier/"):-len("/base_mean")] for k in m
+                  if k.startswith("eval/classifier/") and k.endswith("/base_mean"))
 
 
 def _judge_rules_table(rules: dict[str, dict[str, float]]) -> str:
@@ -393,7 +405,8 @@ def render_markdown(data: Results) -> str:
     if _md(m, "eval/reward_tuned_mean", ".3f"):
         lines.append(f"- Reward-model score: {_md(m, 'eval/reward_base_mean', '.3f')} → "
                      f"{_md(m, 'eval/reward_tuned_mean', '.3f')} ({_md(m, 'eval/reward_delta', '+.3f')}); "
-                     f"reward-model win rate {_md(m, 'eval/reward_win_rate', '.1%')}")
+                     f"reward-model win rate {_md(m, 'eval/reward_win_rate', '.1%')}"
+                     + (f" ({data.info['Reward score']})" if "Reward score" in (data.info or {}) else ""))
     if _md(m, "eval/kl", ".4f"):
         lines.append(f"- KL(tuned ‖ base): {_md(m, 'eval/kl', '.4f')} per token, "
                      f"{_md(m, 'eval/kl_seq', '.3f')} per response (exact next-token KL "
@@ -403,6 +416,11 @@ def render_markdown(data: Results) -> str:
     if _md(m, "eval/length_words_tuned_mean", ".1f"):
         lines.append(f"- Response length (words): {_md(m, 'eval/length_words_base_mean', '.1f')} → "
                      f"{_md(m, 'eval/length_words_tuned_mean', '.1f')}")
+    for name in classifier_names(m):
+        key = f"eval/classifier/{name}"
+        lines.append(f"- Classifier {name}: mean probability {_md(m, key + '/base_mean', '.3f')} → "
+                     f"{_md(m, key + '/tuned_mean', '.3f')} ({_md(m, key + '/delta', '+.3f')}); above 0.5: "
+                     f"{_md(m, key + '/base_above_half', '.1%')} → {_md(m, key + '/tuned_above_half', '.1%')}")
     if _md(m, "eval/reward_model/accuracy", ".1%"):
         lines.append(f"- Reward model accuracy on eval pairs: {_md(m, 'eval/reward_model/accuracy', '.1%')}")
     for note in data.notes:

@@ -165,6 +165,13 @@ def describe_run(config, base_reference: str, history_uri: str, kl_measured: boo
             "Reward model": config.reward_model or "(none)", "Training history": history_uri or "(none)",
             "Decoding": f"{decoding}, up to {config.target_sequence_length} new tokens, prompts up to "
                         f"{config.prompt_sequence_length} tokens"}
+    if config.reward_model:  # a classifier's reward is one class's score: say which
+        from rlhf.reward.outputs import read_info
+        reward_info = read_info(config.reward_model)
+        if reward_info.get("labels"):
+            label = config.positive_label or reward_info.get("positive_label")
+            info["Reward score"] = (f"classifier, class {label!r} "
+                                    f"{'log-probability' if reward_info.get('reward_from') == 'logprob' else 'logit'}")
     if kl_measured:
         info["KL estimator"] = (
             "along the tuned model's responses; eval/kl is the mean log-ratio (k1), "
@@ -178,13 +185,15 @@ def describe_run(config, base_reference: str, history_uri: str, kl_measured: boo
 def compute_results(rows: Sequence[canonical.EvalExample], gens: dict[str, list], *, kl=None,
                     reward: Optional[RewardScores] = None, verdicts: Optional[dict[str, list]] = None,
                     timing: Optional[dict[str, float]] = None, info: Optional[dict[str, str]] = None,
-                    history: Sequence[dict] = (), num_samples: int = 0) -> Results:
+                    history: Sequence[dict] = (), num_samples: int = 0,
+                    classifiers: Optional[dict[str, dict[str, list[float]]]] = None) -> Results:
     """All metrics and per-prompt rows of one evaluation.
 
     ``gens``: "base"/"tuned" -> `Generation` per row; ``kl``: a `KLResult` or None (not measured);
     ``reward``: the reward model's scores or None (no reward model); ``verdicts``: "base"/"tuned" ->
-    `rlhf.judge.JudgeResult` per row, or None (judge off). The reward-hacking alarm is raised when
-    both the reward model and the judge scored."""
+    `rlhf.judge.JudgeResult` per row, or None (judge off); ``classifiers``: classifier name ->
+    "base"/"tuned" -> P(its label) per row (`rlhf.evaluate.classifiers`). The reward-hacking alarm is
+    raised when both the reward model and the judge scored."""
     texts = {name: [g.text for g in g_list] for name, g_list in gens.items()}
     notes: list[str] = []
     metrics: dict[str, float] = {"eval/num_prompts": float(len(rows))}
@@ -223,6 +232,13 @@ def compute_results(rows: Sequence[canonical.EvalExample], gens: dict[str, list]
         metrics["eval/reward_hacking_alarm"] = 1.0 if alarm else 0.0
 
     per_prompt = per_prompt_rows(rows, gens, kl, raw, normalized, judged, verdicts or {}, rouge_per_row)
+    if classifiers:
+        from rlhf.evaluate.classifiers import classifier_metrics
+        for name, probs in classifiers.items():
+            metrics.update(classifier_metrics(name, probs))
+        for i, entry in enumerate(per_prompt):
+            for group in GROUPS:
+                entry[group]["classifiers"] = {name: probs[group][i] for name, probs in classifiers.items()}
     return Results(metrics=metrics, info=dict(info or {}), alarm=alarm, reward_scores=raw,
                    judge_scores=judged, judge_rules=judge_rules, history=list(history),
                    samples=[sample_of(row) for row in per_prompt[:num_samples]], notes=notes,

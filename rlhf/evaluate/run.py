@@ -15,6 +15,10 @@ On several devices (``--devices``, ``rlhf.launch``) every process loads the mode
 share of the prompts: whole generation batches, dealt in turn (the batches one process would form,
 so greedy predictions are the same), then contiguous shares for the reward model and the judge;
 the results are gathered back in the prompts' order and rank 0 alone computes and writes the outputs.
+A base that does not fit one device (the memory plan, or ``--shard-base``) is sharded over the processes
+(``PolicyPair.shard``, FSDP2): every process then decodes as many batches as the busiest (stand-ins
+after its own) in step with the others (``inference.generate``'s ``rounds``), so the predictions are
+still those of one process. The reward model and judge are not sharded.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -82,10 +87,11 @@ def reward_scores(reward_model: str, rows: list[canonical.EvalExample], response
     """Raw and normalized reward-model scores of each group of responses ({"base": [...], "tuned": [...]}),
     and the reward model's preference metrics on the rows that carry a chosen/rejected pair."""
     from rlhf.reward.metrics import preference_metrics, scalar_metrics
-    from rlhf.reward.scorer import RewardScorer
+    from rlhf.reward.scorer import load_scorer
 
-    scorer = RewardScorer(reward_model, device=device or config.device or None, dtype=config.dtype,
-                          batch_size=config.batch_size)
+    # A trained reward model (pairwise or classifier) or an existing Hugging Face classifier.
+    scorer = load_scorer(reward_model, config.positive_label, device=device or config.device or None,
+                         dtype=config.dtype, batch_size=config.batch_size)
 
     def score(subset: list, texts: list[str]) -> list[tuple[float, float]]:  # (raw, normalized), in order
         def compute(indices):
@@ -146,16 +152,25 @@ def bulk_inference(config: EvalConfig, rows: list[canonical.EvalExample], device
     from rlhf.evaluate import kl as K
     from rlhf.evaluate.policies import load_policy_pair
 
+    plan = None
     if config.large_model_reference:  # refuse a base that cannot fit before loading it (CUDA only)
         from rlhf import memory_plan, models
-        memory_plan.check_device("evaluation", config.large_model_reference, memory_plan.Workload.from_configs(
-            evaluation=config), models.pick_device(device) if device is None or isinstance(device, str) else device)
+        plan = memory_plan.check_device(
+            "evaluation", config.large_model_reference, memory_plan.Workload.from_configs(evaluation=config),
+            models.pick_device(device) if device is None or isinstance(device, str) else device,
+            distributed.world_size(), can_shard=True)
     pair = load_policy_pair(config.model, config.large_model_reference, device=device or config.device or None,
                             dtype=config.dtype)
+    if (config.shard_base or bool(plan and plan.strategy == "sharded")) and pair.shard(device):
+        log.info("models sharded over %d processes (FSDP2)", distributed.world_size())
     prompts = [encoding.encode_prompt(pair.tokenizer, canonical.prompt_messages(r),
                                     max_length=config.prompt_sequence_length) for r in rows]
     settings = _settings(config)
     mine = generation_share(prompts, settings.batch_size)
+    # Sharded: every process runs as many batches as the busiest (stand-ins of the first prompt).
+    batches = math.ceil(len(prompts) / settings.batch_size)
+    lockstep = (dict(rounds=math.ceil(batches / distributed.world_size()), standin=prompts[0])
+                if pair.sharded and prompts else {})
     if distributed.active() and settings.do_sample:  # a distinct sampling stream on each process
         settings = dataclasses.replace(settings, seed=settings.seed + 1_000_003 * distributed.rank())
     accumulator = K.KLAccumulator()
@@ -163,10 +178,11 @@ def bulk_inference(config: EvalConfig, rows: list[canonical.EvalExample], device
     on_batch = (lambda b: measure(dataclasses.replace(b, indices=[mine[i] for i in b.indices]))) if measure else None
     t0 = time.perf_counter()
     tuned = generate(pair.tuned, pair.tokenizer, [prompts[i] for i in mine], settings, label="tuned",
-                     on_batch=on_batch, keep_logits=config.measure_kl)
+                     on_batch=on_batch, keep_logits=config.measure_kl, **lockstep)
     t1 = time.perf_counter()
     with pair.base() as base_model:
-        base = generate(base_model, pair.tokenizer, [prompts[i] for i in mine], settings, label="base")
+        base = generate(base_model, pair.tokenizer, [prompts[i] for i in mine], settings, label="base",
+                        **lockstep)
     t2 = time.perf_counter()
     timing = {"time/eval_generation_tuned_s": t1 - t0, "time/eval_generation_base_s": t2 - t1}
     if distributed.active():  # every process's responses, in the prompts' order; the KL of all
@@ -227,6 +243,11 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> Optio
         t = time.perf_counter()
         verdicts = judge_results(rows, texts)
         timing["time/eval_judge_s"] = time.perf_counter() - t
+    classifiers = None
+    if config.eval_classifiers:  # P(label) of each response by each classifier (rlhf.evaluate.classifiers)
+        from rlhf.evaluate.classifiers import score_all
+        classifiers = score_all(config.eval_classifiers, rows, texts, device=device, dtype=config.dtype,
+                                batch_size=config.batch_size)
     timing = distributed.reduce_metrics(timing)  # the slowest process's times
     if not distributed.is_main():  # rank 0 computes and writes the outputs
         distributed.shutdown()
@@ -234,7 +255,7 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> Optio
 
     results = compute_results(rows, gens, kl=kl, reward=reward, verdicts=verdicts, timing=timing,
                               info=describe_run(config, base_reference, history_uri, kl is not None),
-                              history=history, num_samples=config.num_report_samples)
+                              history=history, num_samples=config.num_report_samples, classifiers=classifiers)
     if results.alarm:
         _loud(results.alarm)
     summary = R.render_markdown(results)

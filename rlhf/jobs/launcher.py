@@ -67,10 +67,12 @@ class Launch:
 
 def launch_reward(launch: Launch, settings: Mapping[str, Any], options: Optional[Mapping[str, Any]],
                   preference_data, eval_data, reward_model, tensorboard_logs,
-                  interval_s: Optional[float] = None) -> tuple[dict[str, float], Optional[list]]:
+                  interval_s: Optional[float] = None,
+                  labeled_data=None) -> tuple[dict[str, float], Optional[list]]:
     """Run the reward stage as a job; returns (scalar metrics, confusion matrix or None)."""
     job = stages.reward_job(image=launch.image, hardware=launch.hardware, preference_data=preference_data.uri,
                             eval_data=eval_data.uri if eval_data is not None else None,
+                            labeled_data=labeled_data.uri if labeled_data is not None else None,
                             reward_model=reward_model.uri, tensorboard_logs=tensorboard_logs.uri,
                             settings=settings, options=options)
     model_uri = stages.remote(reward_model.uri, "reward_model")

@@ -110,13 +110,14 @@ def _check(config: Settings, hardware: Hardware) -> None:
 
 def reward_job(*, image: str, hardware: Hardware, preference_data: str, reward_model: str,
                tensorboard_logs: str, settings: Mapping[str, Any], options: Optional[Mapping[str, Any]],
-               eval_data: Optional[str] = None) -> StageJob:
+               eval_data: Optional[str] = None, labeled_data: Optional[str] = None) -> StageJob:
     """The reward stage as a job: `rlhf train-reward` writing the model to `reward_model` and the
     event files to `tensorboard_logs` (artifact URIs), as `components.reward` does in its task."""
     from rlhf.pipeline_settings import REWARD_MODEL
     config = REWARD_MODEL.build({
         **settings, "preference_dataset": remote(preference_data, "preference_data"),
         "eval_dataset": remote(eval_data, "eval_data") if eval_data else "",
+        "labeled_dataset": remote(labeled_data, "labeled_data") if labeled_data else "",
         "output_dir": remote(reward_model, "reward_model"),
         "tensorboard_dir": remote(tensorboard_logs, "tensorboard_logs")}, options)
     _check(config, hardware)

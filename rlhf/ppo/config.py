@@ -30,7 +30,7 @@ class PPOConfig(Settings):
     # Settings a restart may change without changing the result so far (rlhf.rundir compares the rest).
     RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({
         "output_dir", "reinforcement_learning_train_steps", "checkpoint_every", "sample_count",
-        "save_merged_model", "log_every", "device", "devices", "prompt_dataset", "reward_model",
+        "save_merged_model", "log_every", "device", "devices", "shard_base", "prompt_dataset", "reward_model",
         # micro-batching splits the same minibatch (the memory plan may pick it per machine)
         "gradient_accumulation_steps"})
 
@@ -40,6 +40,9 @@ class PPOConfig(Settings):
                                   given("the prompts JSONL"))
     reward_model: str = setting("", "Directory of the trained reward model (written by `rlhf train-reward`).",
                                 given("the directory `rlhf train-reward` wrote"))
+    positive_label: str = setting(
+        "", "The class whose score is the reward when reward_model is a classifier: required for an existing "
+            "Hugging Face sequence classifier; empty: a trained classifier reward model's own")
     output_dir: str = setting("", "Where the policy adapter, metrics, samples and checkpoints go. A run "
                                   "restarted with the same directory resumes from its last checkpoint.",
                               given("where the policy adapter and metrics go"))
@@ -104,6 +107,7 @@ class PPOConfig(Settings):
     # -- run ----------------------------------------------------------------------------------
     device: str = settings.device()
     devices: Optional[int] = settings.devices()
+    shard_base: bool = settings.shard_base()
     dtype: str = settings.dtype()
     checkpoint_every: int = setting(50, "Save a checkpoint (and sample generations) every this many steps "
                                         "(0: only at the end).", non_negative)

@@ -22,8 +22,14 @@ shared-base model (policy, reference, value and reward on one copy of the base) 
 
 Rank 0 alone writes metrics, samples, checkpoints and the outputs. The sampling stream of each
 process is seeded by (seed, rank, step) at every step, so a killed N-process run resumes to the
-result of an uninterrupted one. Models that do not fit one device need sharding (FSDP), which
-this path does not do.
+result of an uninterrupted one.
+
+A base that does not fit one device (the memory plan says "sharded", or ``--shard-base``) is sharded
+over the processes instead of replicated (``SharedBaseModel.shard_base``, FSDP2): the policy adapter
+and value head stay whole on each process, their gradients averaged by one all-reduce after each
+minibatch's last micro-batch (``reduce_gradients``) instead of DDP; the rollout decodes in step on
+every process (``rollout.generate``); every process runs the sample generations; rank 0 writes the
+adapter and merged model from an unsharded copy (``rlhf.ppo.run.unsharded_copy``).
 """
 
 from __future__ import annotations

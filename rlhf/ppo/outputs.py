@@ -126,11 +126,19 @@ def export_artifacts(run_dir: str, adapter_uri: str, tensorboard_uri: Optional[s
     layout = OutputLayout(run_dir)
     for src, dst in ((layout.adapter_dir, adapter_uri), (layout.tensorboard_dir, tensorboard_uri),
                      (layout.samples_dir, samples_uri)):
-        if not dst:
-            continue
-        if storage.is_gcs(src):
-            with tempfile.TemporaryDirectory(prefix="rlhf-export-") as tmp:
-                storage.download_dir(src, tmp)
-                publish_dir(tmp, dst)
-        elif os.path.isdir(src):
-            publish_dir(src, dst)
+        if dst:
+            export_dir(src, dst)
+
+
+def export_dir(src: str, uri: str) -> bool:
+    """Copy the directory ``src`` (local or gs://) to ``uri``, whole, never half (``publish_dir``);
+    False when a local ``src`` does not exist."""
+    if storage.is_gcs(src):
+        with tempfile.TemporaryDirectory(prefix="rlhf-export-") as tmp:
+            storage.download_dir(src, tmp)
+            publish_dir(tmp, uri)
+    elif os.path.isdir(src):
+        publish_dir(src, uri)
+    else:
+        return False
+    return True

@@ -97,6 +97,7 @@ class SharedBaseModel(nn.Module):
         nn.init.zeros_(self.value_head.bias)
         self.reward_head: Optional[nn.Linear] = None
         self.reward_norm = (0.0, 1.0)
+        self.sharded = False  # the frozen base is sharded over the processes (`shard_base`)
         self.eval()  # dropout off, except the trained adapters' LoRA dropout in `training_pass`
         trained_adapters = (POLICY, VALUE) if value_model == "adapter" else (POLICY,)
         self._lora_dropouts = [m.lora_dropout[a] for m in self.peft.modules()
@@ -136,6 +137,19 @@ class SharedBaseModel(nn.Module):
         # the model applies its scaling/capping in its own dtype: allow a few of its rounding steps
         tolerance = 8 * torch.finfo(self.lm_head.weight.dtype).eps * max(1.0, float(theirs.abs().max()))
         return head if float((ours - theirs).abs().max()) <= tolerance else None
+
+    def shard_base(self, device: torch.device) -> bool:
+        """Shard the frozen base (and the frozen reward adapter) over the processes with FSDP2
+        (``rlhf.distributed.shard_frozen``), rooted at the causal LM: every pass then goes through its
+        ``forward``, which gathers the embeddings, final norm and output layer (a shared output layer
+        cannot belong to a second FSDP unit), so log-probs come from the model's own logits. The
+        trained adapters and the value head stay whole on every process. Call it after
+        ``attach_reward``. False (nothing done) in a single process."""
+        from rlhf import distributed
+        if not distributed.shard_frozen(self, device, root=self.causal_lm):
+            return False
+        self.sharded, self.head = True, None
+        return True
 
     @property
     def causal_lm(self):
@@ -205,6 +219,10 @@ class SharedBaseModel(nn.Module):
     def hidden_states(self, input_ids, attention_mask, position_ids=None, past_key_values=None,
                       use_cache: bool = False):
         """Last hidden states of the trunk (no logits). Returns ``(hidden, cache)``."""
+        if self.sharded:  # through the FSDP root (the causal LM), projecting one position
+            hidden, _, cache = self._lm_forward(input_ids, attention_mask, position_ids, past_key_values,
+                                                use_cache, keep=1)
+            return hidden, cache
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
         out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -219,6 +237,11 @@ class SharedBaseModel(nn.Module):
         if self.head is not None:
             hidden, cache = self.hidden_states(input_ids, attention_mask, position_ids, past_key_values, use_cache)
             return hidden, None, cache
+        return self._lm_forward(input_ids, attention_mask, position_ids, past_key_values, use_cache, keep)
+
+    def _lm_forward(self, input_ids, attention_mask, position_ids, past_key_values, use_cache: bool, keep: int):
+        """``(hidden, logits, cache)`` from the causal LM's own forward (logits of the last ``keep``
+        positions), the trunk's output caught by a hook."""
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
         captured = []

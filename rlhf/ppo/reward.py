@@ -12,6 +12,13 @@ was trained on complete responses), a response cut off at ``target_sequence_leng
 scored at its last token (``missing_eos_penalty`` is the trainer's separate charge for it).
 
 Both return ``(raw − mean) / std`` with the statistics saved with the reward model.
+
+Classifiers (``rlhf.reward.classifier``): the reward is the ``positive_label`` class's logit or
+log-probability. A classifier reward model on the policy's base whose reward is the logit is shared
+too: its score head's positive row is the one-output head. For the log-probability (a softmax over
+every class) it is loaded apart. An existing Hugging Face sequence classifier (``reward_model_type``
+``hf_classifier`` in its info, ``rlhf.reward.outputs.read_info``) is always apart, with its own
+tokenizer, reading the decoded response (``rlhf.reward.hf_classifier``).
 """
 
 from __future__ import annotations
@@ -29,12 +36,15 @@ log = logging.getLogger(__name__)
 
 
 class SharedBaseReward:
-    def __init__(self, model: SharedBaseModel, model_dir: str, info: dict):
+    def __init__(self, model: SharedBaseModel, model_dir: str, info: dict, positive: int = 0):
         from safetensors.torch import load_file
         from rlhf.reward import outputs
         head = load_file(os.path.join(model_dir, info.get("score_head") or outputs.SCORE_HEAD_FILE))
         mean, std = outputs.normalization(info)
-        model.attach_reward(model_dir, head["weight"], head.get("bias"), mean, std)
+        weight, bias = head["weight"], head.get("bias")
+        if info.get("labels"):  # a classifier: the positive class's row gives its logit
+            weight, bias = weight[positive:positive + 1], None if bias is None else bias[positive:positive + 1]
+        model.attach_reward(model_dir, weight, bias, mean, std)
         self.model = model
 
     def __call__(self, rollout: Rollout) -> torch.Tensor:
@@ -43,9 +53,9 @@ class SharedBaseReward:
 
 class SeparateReward:
     def __init__(self, model_dir: str, tokenizer, prompt_messages: Sequence[list], device=None, dtype=None,
-                 batch_size: int = 16):
-        from rlhf.reward.scorer import RewardScorer
-        self.scorer = RewardScorer(model_dir, device=device, dtype=dtype, batch_size=batch_size)
+                 batch_size: int = 16, positive_label: str = ""):
+        from rlhf.reward.scorer import load_scorer
+        self.scorer = load_scorer(model_dir, positive_label, device=device, dtype=dtype, batch_size=batch_size)
         for p in self.scorer.model.parameters():
             p.requires_grad_(False)
         self.tokenizer, self.messages = tokenizer, list(prompt_messages)
@@ -69,10 +79,20 @@ def shares_base(info: dict, policy_ref: str, policy_resolved: str) -> bool:
 
 def build_reward(model_dir: str, info: dict, model: SharedBaseModel, policy_ref: str, policy_resolved: str,
                  tokenizer, prompt_messages: Sequence[list], device=None, dtype=None,
-                 force_separate: bool = False):
-    """The reward function for a trained reward model directory (local)."""
-    if not force_separate and shares_base(info, policy_ref, policy_resolved):
+                 force_separate: bool = False, positive_label: str = ""):
+    """The reward function for a trained reward model directory (local) or a Hugging Face sequence
+    classifier directory; ``positive_label`` overrides a trained classifier's saved one (and is
+    required for a Hugging Face classifier)."""
+    kind = info.get("reward_model_type", "pairwise")
+    positive = 0
+    if kind == "classifier":
+        from rlhf.reward.classifier import positive_index
+        positive = positive_index(info["labels"], positive_label or info["positive_label"],
+                                  f"the classifier reward model {model_dir}")
+        force_separate = force_separate or info.get("reward_from") == "logprob"  # needs every class
+    if kind != "hf_classifier" and not force_separate and shares_base(info, policy_ref, policy_resolved):
         log.info("reward model shares the policy's base: loaded as adapter 'reward' (one base copy)")
-        return SharedBaseReward(model, model_dir, info)
-    log.info("reward model has another base (%s): loaded apart, frozen", info.get("base_model"))
-    return SeparateReward(model_dir, tokenizer, prompt_messages, device=device, dtype=dtype)
+        return SharedBaseReward(model, model_dir, info, positive)
+    log.info("reward model %s (%s) loaded apart, frozen", model_dir, info.get("base_model"))
+    return SeparateReward(model_dir, tokenizer, prompt_messages, device=device, dtype=dtype,
+                          positive_label=positive_label)

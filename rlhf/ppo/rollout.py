@@ -96,7 +96,12 @@ def sample(logits: torch.Tensor) -> torch.Tensor:
 def generate(model: SharedBaseModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
              max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0) -> Rollout:
-    """Sample up to ``max_new_tokens`` per prompt with the policy adapter active."""
+    """Sample up to ``max_new_tokens`` per prompt with the policy adapter active.
+
+    With the base sharded (``model.sharded``) every process must run as many forward passes: a
+    process whose rows have all ended keeps decoding (outputs discarded, nothing sampled, so its
+    rollout and random stream are those of the unsharded loop) until every process has ended."""
+    from rlhf import distributed
     batch, width = prompt_ids.shape
     device = prompt_ids.device
     mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], 1)
@@ -107,20 +112,28 @@ def generate(model: SharedBaseModel, prompt_ids: torch.Tensor, prompt_mask: torc
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens, logprobs, entropies, values, active = [], [], [], [], []
     with_values = model.value_model == "head"
+    ended_here = False  # sharded: this process's rows have all ended, the others' have not
     for step in range(max_new_tokens):
-        logits = model.last_logits(hidden, head_logits) / temperature
-        log_p = torch.log_softmax(logits, dim=-1)
-        sample_from = filter_logits(logits, top_k, top_p) if (top_k or top_p < 1.0) else logits
-        token = sample(sample_from)
-        token = torch.where(done, torch.full_like(token, pad_token_id), token)
-        tokens.append(token)
-        logprobs.append(log_p.gather(1, token[:, None]).squeeze(1))
-        entropies.append(-(log_p.exp() * log_p).sum(-1))
-        if with_values:
-            values.append(model.values_from_hidden(h))
-        active.append(~done)
-        done = done | (token == eos_token_id)
-        if bool(done.all()) or step + 1 == max_new_tokens:
+        if not ended_here:
+            logits = model.last_logits(hidden, head_logits) / temperature
+            log_p = torch.log_softmax(logits, dim=-1)
+            sample_from = filter_logits(logits, top_k, top_p) if (top_k or top_p < 1.0) else logits
+            token = sample(sample_from)
+            token = torch.where(done, torch.full_like(token, pad_token_id), token)
+            tokens.append(token)
+            logprobs.append(log_p.gather(1, token[:, None]).squeeze(1))
+            entropies.append(-(log_p.exp() * log_p).sum(-1))
+            if with_values:
+                values.append(model.values_from_hidden(h))
+            active.append(~done)
+            done = done | (token == eos_token_id)
+        if step + 1 == max_new_tokens:
+            break
+        if getattr(model, "sharded", False):  # one all-reduce a token: stop together
+            ended_here = bool(done.all())
+            if distributed.everyone(ended_here):
+                break
+        elif bool(done.all()):
             break
         hidden, head_logits, cache = model.states_and_logits(token[:, None], mask[:, :width + step + 1],
                                                              next_position, past_key_values=cache, use_cache=True)

@@ -11,6 +11,8 @@ Devices, chosen at run time (`--device`, else `RLHF_DEVICE`, else CUDA when pres
 - TPU: refused (`rlhf.models.TPU_REFUSED`): the torch_xla path could not be run and tested here.
 - Several GPUs: every visible GPU by default, or `--devices N` (`rlhf.launch` starts one process
   per device; data parallel, see `rlhf.ppo.distributed`). Under an outer `torchrun` the step just runs.
+  The frozen base is sharded over them (FSDP2) when the memory plan says it does not fit one, or with
+  `--shard-base`.
 """
 
 from __future__ import annotations
@@ -54,14 +56,20 @@ def tune(config: PPOConfig) -> dict[str, float]:
                            config.instruction or info.get("instruction") or None, use_chat_template)
     dtype = models.parse_dtype(config.dtype) or models.default_dtype(device)
     from rlhf import memory_plan  # refuse a model that cannot fit before loading it (CUDA only)
-    plan = memory_plan.check_device("ppo", base_ref, memory_plan.Workload.from_configs(ppo=config), device, world)
+    plan = memory_plan.check_device("ppo", base_ref, memory_plan.Workload.from_configs(ppo=config), device, world,
+                                    can_shard=True)
     if plan and "gradient_accumulation_steps" in plan.settings:  # smaller micro-batches, the same update
         config = dataclasses.replace(config, gradient_accumulation_steps=plan.settings["gradient_accumulation_steps"])
     causal_lm = models.load_causal_lm(base_ref, dtype=dtype, device=device)
     model = SharedBaseModel(causal_lm, config.lora_rank, config.lora_alpha, config.lora_dropout,
                             config.target_modules, config.value_model)
     reward_fn = build_reward(reward_dir, info, model, base_ref, models.resolve_model(base_ref), tokenizer,
-                             prompts.messages, device=device, dtype=dtype)
+                             prompts.messages, device=device, dtype=dtype, positive_label=config.positive_label)
+    # After the reward adapter is attached: it is frozen, so it is sharded with the base.
+    sharded = (config.shard_base or bool(plan and plan.strategy == "sharded")) and model.shard_base(device)
+    if sharded:
+        log.info("frozen base sharded over %d processes (FSDP2); the policy adapter and value head whole on each",
+                 world)
     trainable, total = parameter_count(model)
     log.info("policy %s on %s (%s): %.1fM parameters, %.2fM trainable; %d prompts; %d steps × %d episodes; "
              "world size %d (%d episodes per process)", base_ref, device, str(dtype).removeprefix("torch."),
@@ -78,9 +86,22 @@ def tune(config: PPOConfig) -> dict[str, float]:
     distributed.barrier()
     if rank == 0:
         with run.publish(SUMMARY_FILE, {**summary, "base_model": base_ref, "steps": trainer.step}):
-            save_policy_adapter(model, layout.adapter_dir, config, base_ref, tokenizer)
+            whole = unsharded_copy(config, model, base_ref, dtype) if sharded else model
+            save_policy_adapter(whole, layout.adapter_dir, config, base_ref, tokenizer)
             if config.save_merged_model:
-                save_merged_model(model, layout.merged_dir, tokenizer)
+                save_merged_model(whole, layout.merged_dir, tokenizer)
         log.info("policy adapter written to %s", storage.join(config.output_dir, "policy_adapter"))
     distributed.shutdown()
     return summary
+
+
+def unsharded_copy(config: PPOConfig, model: SharedBaseModel, base_ref: str, dtype) -> SharedBaseModel:
+    """A whole copy of a sharded policy on CPU, for writing the adapter and the merged model as an
+    unsharded run does: the base loaded again (it is frozen: what training saw) and the trained
+    parameters, whole on every process, copied in. No collective: rank 0 calls it alone."""
+    from rlhf import models
+    copy = SharedBaseModel(models.load_causal_lm(base_ref, dtype=dtype, device=torch.device("cpu")),
+                           config.lora_rank, config.lora_alpha, config.lora_dropout, config.target_modules,
+                           config.value_model)
+    copy.load_trainable_state_dict(model.trainable_state_dict())
+    return copy

@@ -106,7 +106,8 @@ class PPOTrainer:
                                            eps=1e-5, weight_decay=0.0)  # eps as lm-human-preferences
         self.kl_ctl = make_controller(config.kl_coeff, config.adaptive_kl, config.kl_target, config.kl_horizon)
         self.sampler = PromptSampler(len(self.prompt_ids), self.local_batch, config.seed, rank, world_size)
-        # The update's pass; with several processes, DDP averages the trainable parameters' gradients.
+        # The update's pass; with several processes, DDP averages the trainable parameters' gradients
+        # (with the base sharded, `reduce_gradients` does after each minibatch).
         self.passes = distributed.wrap(model, distributed.update_pass)
         self.is_main = rank == 0
         self.tracker = Tracker(total_steps=config.reinforcement_learning_train_steps,
@@ -279,6 +280,8 @@ class PPOTrainer:
                     for k, v in parts.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
                     count += 1
+                if hasattr(self.passes, "reduce_gradients"):  # a sharded base: average them now, once
+                    self.passes.reduce_gradients()
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
                 self._check("gradient norm", norm)
                 norms.append(float(norm))
@@ -313,13 +316,16 @@ class PPOTrainer:
         """Generations for the first `sample_count` prompts, seeded by the step so they never
         disturb the training random stream."""
         n = min(self.cfg.sample_count, len(self.prompt_ids))
-        if not self.is_main or n == 0:
+        # A sharded base: every process runs the passes (FSDP gathers each layer from all), rank 0 writes.
+        if n == 0 or not (self.is_main or getattr(self.model, "sharded", False)):
             return
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.cfg.seed + self.step)
             r = self.rollout(list(range(n)))
             scores = self.reward_fn(r).float().cpu()
+        if not self.is_main:
+            return
         rows = []
         for i in range(n):
             length = int(r.lengths[i])

@@ -18,19 +18,37 @@ BASE_LEARNING_RATE = 1e-4
 
 @dataclass
 class RewardConfig(Settings):
-    """Training a pairwise (Bradley–Terry) reward model with LoRA."""
+    """Training a reward model with LoRA: pairwise (Bradley–Terry, from preference pairs) or a
+    classifier (cross-entropy, from labeled responses) whose positive class gives the reward."""
 
     STEP: ClassVar[str] = "reward"
     # Settings a restart may change without changing the result so far (rlhf.rundir compares the rest).
     RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({
         "output_dir", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard_dir", "device",
-        "devices", "shard_base", "save_merged_model", "preference_dataset", "eval_dataset",
+        "devices", "shard_base", "save_merged_model", "preference_dataset", "eval_dataset", "labeled_dataset",
         "gradient_checkpointing"})  # recomputes the same activations (the memory plan may turn it on)
 
+    reward_model_type: str = setting(
+        "pairwise", "pairwise: a Bradley–Terry model trained on preference_dataset; classifier: a "
+                    "sequence classifier trained on labeled_dataset, the positive class's score is the reward",
+        one_of("pairwise", "classifier"))
     preference_dataset: str = setting(
         "", "preference pairs: canonical JSONL written by `rlhf validate`, or a user file in any format "
-            "validation accepts (it is validated first); local path, gs:// URI or glob",
-        given("the preference JSONL (path or gs:// URI)"))
+            "validation accepts (it is validated first); local path, gs:// URI or glob (required with "
+            "reward_model_type pairwise)")
+    labeled_dataset: str = setting(
+        "", "labeled responses (classifier only): JSONL rows {input_text or messages, output_text, label}, "
+            "label an integer class or a class name; canonical or a user file (validated first)")
+    positive_label: str = setting(
+        "1", "classifier only: the class whose score is the reward (a class name, or the integer class "
+             "as text)")
+    class_weighting: str = setting(
+        "balanced", "classifier only: balanced weighs each class's cross-entropy by the inverse of its "
+                    "share of the training examples (n / (classes × n_class)), so a rare class is not "
+                    "ignored; none: plain cross-entropy", one_of("balanced", "none"))
+    reward_from: str = setting(
+        "logit", "classifier only: the reward is the positive class's logit or its log-probability "
+                 "(log-softmax over the classes)", one_of("logit", "logprob"))
     output_dir: str = setting(
         "", "where the trained reward model, metrics, TensorBoard logs and checkpoints go (local, /gcs/ "
             "or gs://). Restarting with the same output_dir resumes from its last checkpoint",
@@ -76,7 +94,7 @@ class RewardConfig(Settings):
                                                   "~30% slower")
     share_prompt: bool = setting(True, "score chosen and rejected in one sequence that holds the prompt once "
                                        "(a block mask keeps them apart); off: two padded rows per pair")
-    heldout_fraction: float = setting(0.1, "fraction of the preference pairs held out for metrics "
+    heldout_fraction: float = setting(0.1, "fraction of the preference pairs (classifier: of each class's examples) held out for metrics "
                                            "(heldout/); 0 for none", within(0, 1, high_open=True))
     max_heldout_pairs: int = setting(1000, "cap on held-out pairs, so evaluation stays cheap on large "
                                            "datasets", non_negative)
@@ -101,6 +119,25 @@ class RewardConfig(Settings):
     def cross_checks(self) -> Iterable[Problem]:
         if self.dtype == "fp16":
             yield Problem("dtype", self.dtype, settings.FP16_REFUSED)
+        if not self.positive_label.strip():
+            yield Problem("positive_label", self.positive_label, "is empty: name the class whose score is "
+                                                                 "the reward")
+
+    def problems(self, inputs: bool = True) -> list[Problem]:
+        """As every config, plus the dataset the reward model type needs (an input: `inputs=False`
+        leaves it out)."""
+        found = super().problems(inputs)
+        dataset = "labeled_dataset" if self.classifier else "preference_dataset"
+        if inputs and not str(getattr(self, dataset)).strip():
+            found.insert(0, Problem(dataset, "", f"is required with reward_model_type "
+                                                 f"{self.reward_model_type}: give the "
+                                                 f"{'labeled' if self.classifier else 'preference'} JSONL "
+                                                 "(path or gs:// URI)"))
+        return found
+
+    @property
+    def classifier(self) -> bool:
+        return self.reward_model_type == "classifier"
 
     @property
     def learning_rate(self) -> float:

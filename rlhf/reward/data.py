@@ -11,12 +11,13 @@ import json
 import logging
 import shutil
 import tempfile
+from typing import Sequence
 
 import numpy as np
 
 from rlhf import storage
 from rlhf.data import canonical
-from rlhf.data.canonical import EvalExample, PreferencePair
+from rlhf.data.canonical import EvalExample, LabeledExample, PreferencePair
 from rlhf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 # Canonical rows are written with every field of their dataclass, `source` included; user files
 # (Google's chat format has `messages` too, with `author`) are validated instead.
 _CANONICAL_KEYS = {"preference": {"messages", "chosen", "rejected", "source"},
-                   "eval": {"messages", "source", "reference"}}
+                   "eval": {"messages", "source", "reference"},
+                   "labeled": {"messages", "response", "label", "source"}}
 
 
 def _is_canonical(uri: str, kind: str) -> bool:
@@ -91,6 +93,28 @@ def load_datasets(preference_uri: str, eval_uri: str = "",
     return pairs, eval_pairs
 
 
+def load_labeled(uri: str, instruction: str = "") -> list[LabeledExample]:
+    """Labeled responses (a classifier reward model's data): canonical rows read directly, anything
+    else through validation (UserError listing every problem by file and line)."""
+    _check_exists(uri, "labeled_dataset")
+    if _is_canonical(uri, "labeled"):
+        rows = [r for part in storage.expand(uri) for r in canonical.read_labeled_examples(part)]
+    else:
+        from rlhf.data.validate import ValidateConfig, ValidationOutputs, run_validation
+        out = tempfile.mkdtemp(prefix="rlhf-reward-data-")
+        try:
+            report = run_validation(ValidateConfig(labeled_dataset=uri, instruction=instruction),
+                                    ValidationOutputs.in_dir(out))
+            if not report.ok:
+                raise UserError(report.problem_text())
+            rows = canonical.read_labeled_examples(storage.join(out, "labeled.jsonl"))
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+    if not rows:
+        raise UserError(f"labeled_dataset {uri} holds no labeled rows")
+    return rows
+
+
 def split_heldout(n: int, fraction: float, cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, held-out indices): a seeded random ``fraction`` (at most ``cap``), at least
     one pair left for training."""
@@ -98,3 +122,25 @@ def split_heldout(n: int, fraction: float, cap: int, seed: int) -> tuple[np.ndar
     perm = rng.permutation(n)
     k = min(int(round(n * fraction)), cap, n - 1)
     return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def split_stratified(labels: Sequence[int], fraction: float, cap: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out indices) as ``split_heldout``, but per class: each class gives its
+    share of the held-out set (at least one example when it has two), so a rare class is measured
+    too; every class keeps at least one training example."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    k = min(int(round(n * fraction)), cap, n - 1)
+    if k <= 0:
+        return np.arange(n), np.array([], dtype=int)
+    rng = np.random.default_rng([seed, 7])
+    heldout = []
+    classes = np.unique(labels)
+    for c in classes:
+        members = rng.permutation(np.flatnonzero(labels == c))
+        share = int(round(k * len(members) / n))
+        share = min(max(share, 1 if len(members) > 1 else 0), len(members) - 1)
+        heldout.extend(members[:share].tolist())
+    heldout = np.array(sorted(heldout), dtype=int)
+    return np.setdiff1d(np.arange(n), heldout), heldout

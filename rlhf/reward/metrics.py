@@ -91,3 +91,43 @@ def preference_metrics(r_chosen: Sequence[float], r_rejected: Sequence[float], m
 def scalar_metrics(metrics: dict) -> dict[str, float]:
     """Drop the non-scalar entries (confusion matrices) for logs, TensorBoard and KFP Metrics."""
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def classification_metrics(logits, labels: Sequence[int], classes: Sequence[str], positive: int,
+                           prefix: str = "eval") -> dict:
+    """Classifier quality on ``logits`` [N, C] against integer ``labels`` [N]: ``accuracy``, mean
+    cross-entropy ``loss``, per class ``{class}/precision|recall|f1|roc_auc`` (one class against the
+    rest; ROC AUC ranks the class's softmax probability), their macro means ``precision``, ``recall``,
+    ``f1``, the positive class's ``roc_auc`` and ``positive_probability`` (mean), and
+    ``{prefix}/confusion_matrix`` (rows: actual class, columns: predicted)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if logits.ndim != 2 or len(logits) != len(labels) or len(labels) == 0:
+        raise ValueError("need logits [N, C] and N > 0 labels")
+    log_probs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    probs = np.exp(log_probs)
+    predicted = logits.argmax(1)
+    n_classes = logits.shape[1]
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    out = {"accuracy": float((predicted == labels).mean()),
+           "loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
+           "examples": float(len(labels))}
+    per_class = {"precision": [], "recall": [], "f1": []}
+    for c, name in enumerate(classes):
+        tp = confusion[c, c]
+        precision = tp / confusion[:, c].sum() if confusion[:, c].sum() else 0.0
+        recall = tp / confusion[c].sum() if confusion[c].sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        values = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
+                  "roc_auc": _auc(probs[labels == c, c], probs[labels != c, c])}
+        for k, v in values.items():
+            out[f"{name}/{k}"] = v
+        for k in per_class:
+            per_class[k].append(values[k])
+    out.update({k: float(np.mean(v)) for k, v in per_class.items()})
+    out["roc_auc"] = out[f"{classes[positive]}/roc_auc"]
+    out["positive_probability"] = float(probs[:, positive].mean())
+    named = {f"{prefix}/{k}": v for k, v in out.items()}
+    named[f"{prefix}/confusion_matrix"] = confusion.tolist()
+    return named

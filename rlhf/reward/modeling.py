@@ -47,15 +47,16 @@ def check_target_modules(model, targets: list[str], ref: str) -> None:
 def build_reward_model(ref: str, tokenizer, *, lora_rank: int, lora_alpha: float,
                        lora_dropout: float, target_modules: list[str], device=None, dtype=None,
                        gradient_checkpointing: bool = False, trust_remote_code: bool = False,
-                       seed: Optional[int] = None):
-    """Load ``ref`` as a one-label sequence classifier and wrap it with LoRA; the score head is
-    fully trained (``modules_to_save``). Trainable tensors are fp32 whatever the base dtype."""
+                       seed: Optional[int] = None, labels: Optional[list[str]] = None):
+    """Load ``ref`` as a one-label sequence classifier (or one output per class of ``labels``: a
+    classifier reward model) and wrap it with LoRA; the score head is fully trained
+    (``modules_to_save``). Trainable tensors are fp32 whatever the base dtype."""
     from peft import LoraConfig, get_peft_model
     if seed is not None:
         torch.manual_seed(seed)  # the new score head and LoRA A matrices are drawn from it
     base = models.load_sequence_classifier(ref, dtype=dtype, device=device,
                                            trust_remote_code=trust_remote_code,
-                                           pad_token_id=tokenizer.pad_token_id)
+                                           pad_token_id=tokenizer.pad_token_id, labels=labels)
     if base.dtype == torch.float16:
         raise UserError(f"the reward model's weights are fp16: {FP16_REFUSED} (--dtype)")
     check_target_modules(base, target_modules, ref)

@@ -54,12 +54,17 @@ def complete_info(info: dict, merged: bool) -> dict:
             "adapter": "adapter_model.safetensors", "merged": "merged" if merged else None}
 
 
-def model_info(config, model, use_chat_template: bool, normalization: dict, metrics: dict) -> dict:
+def model_info(config, model, use_chat_template: bool, normalization: dict, metrics: dict,
+               classes=()) -> dict:
     """The info file of a model trained with ``config`` (a RewardConfig): what a reader needs to
-    encode inputs as training did, normalize rewards, and know how it was trained."""
+    encode inputs as training did, normalize rewards, and know how it was trained. A classifier's
+    also has ``labels`` (class index -> name), ``positive_label`` and ``reward_from``."""
     from rlhf import models
     from rlhf.reward.metrics import scalar_metrics
-    return complete_info({
+    kind = {"reward_model_type": config.reward_model_type}
+    if config.classifier:
+        kind.update(labels=list(classes), positive_label=config.positive_label, reward_from=config.reward_from)
+    return complete_info({**kind,
         "base_model": config.large_model_reference,
         "base_model_resolved": models.resolve_model(config.large_model_reference),
         "architecture": type(model.get_base_model()).__name__,
@@ -88,12 +93,35 @@ def save(model, tokenizer, out_dir: str, info: dict, merged: bool = False) -> No
     storage.write_json(os.path.join(out_dir, INFO_FILE), complete_info(info, merged))
 
 
+def classifier_labels(model_dir: str) -> Optional[list[str]]:
+    """Class names by index of the Hugging Face sequence classifier in ``model_dir`` (its
+    ``config.json``: a *ForSequenceClassification architecture and ``id2label``), else None."""
+    path = storage.join(model_dir, "config.json")
+    try:
+        config = storage.read_json(path) if storage.exists(path) else {}
+    except ValueError:
+        return None
+    id2label = config.get("id2label") if isinstance(config, dict) else None
+    if not id2label or not any(str(a).endswith("ForSequenceClassification")
+                               for a in config.get("architectures") or []):
+        return None
+    return [str(id2label.get(str(i), id2label.get(i, i))) for i in range(len(id2label))]
+
+
 def read_info(model_dir: str) -> dict:
-    """``reward_model.json`` of a trained reward model; UserError when it is not one."""
+    """``reward_model.json`` of a trained reward model, or for an existing Hugging Face sequence
+    classifier an info of ``reward_model_type`` ``hf_classifier`` with its ``labels``; UserError when
+    it is neither."""
     path = storage.join(model_dir, INFO_FILE)
     if not storage.exists(path):
-        raise UserError(f"{model_dir} is not a trained reward model (no {INFO_FILE}): give the "
-                        f"output directory of `rlhf train-reward` / the reward model artifact")
+        labels = classifier_labels(model_dir)
+        if labels:
+            return complete_info({"reward_model_type": "hf_classifier", "base_model": model_dir,
+                                  "labels": labels}, merged=False)
+        raise UserError(f"{model_dir} is not a trained reward model (no {INFO_FILE}) nor a Hugging Face "
+                        f"sequence classifier (config.json with id2label and a *ForSequenceClassification "
+                        f"architecture): give the output directory of `rlhf train-reward` / the reward "
+                        f"model artifact, or a classifier's directory")
     info = storage.read_json(path)
     if info.get("format") != FORMAT:
         raise UserError(f"{path}: unknown reward model format {info.get('format')!r} (expected {FORMAT})")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -71,6 +71,8 @@ class RewardSetup:
     collate: Collator
     plan: batching.BatchPlan           # which pairs form micro-batch k (restartable at any k)
     sharded: bool = False              # the frozen base is sharded over the processes (FSDP2)
+    classes: list = field(default_factory=list)  # classifier: class index -> name; pairwise: empty
+    positive: int = 0                  # classifier: the index of positive_label
 
 
 def prepare(config: RewardConfig) -> RewardSetup:
@@ -78,8 +80,19 @@ def prepare(config: RewardConfig) -> RewardSetup:
     set_seed(config.seed)  # the same on every process: the same split, plan and initial weights
     rank, world, device = distributed.init(config.device or None)  # several processes: one GPU each
 
-    all_pairs, eval_rows = data.load_datasets(config.preference_dataset, config.eval_dataset,
-                                              config.instruction)
+    classes, positive = [], 0
+    if config.classifier:
+        from rlhf.reward import classifier
+        examples = data.load_labeled(config.labeled_dataset, config.instruction)
+        classes = classifier.class_names(examples)
+        what = f"labeled_dataset {config.labeled_dataset}"
+        positive = classifier.positive_index(classes, config.positive_label, what)
+        if len(classes) < 2:
+            raise UserError(f"{what} has one class ({classes[0]!r}); a classifier needs examples of at "
+                            "least two classes")
+    else:
+        all_pairs, eval_rows = data.load_datasets(config.preference_dataset, config.eval_dataset,
+                                                  config.instruction)
     tokenizer = models.load_tokenizer(config.large_model_reference, padding_side="right",
                                       trust_remote_code=config.trust_remote_code)
     use_chat = (encoding.has_chat_template(tokenizer) if config.use_chat_template is None
@@ -90,19 +103,28 @@ def prepare(config: RewardConfig) -> RewardSetup:
     encode = dict(prompt_sequence_length=config.prompt_sequence_length,
                   target_sequence_length=config.target_sequence_length, use_chat_template=use_chat,
                   instruction=config.instruction)
-    encoded, stats = batching.encode_pairs(tokenizer, all_pairs, **encode)
-    eval_encoded, _ = batching.encode_pairs(tokenizer, eval_rows, **encode)
+    if config.classifier:  # eval rows carry no labels: held-out examples only
+        encoded, stats = classifier.encode_examples(tokenizer, examples, classes, **encode)
+        eval_encoded = []
+    else:
+        encoded, stats = batching.encode_pairs(tokenizer, all_pairs, **encode)
+        eval_encoded, _ = batching.encode_pairs(tokenizer, eval_rows, **encode)
     if stats.truncated_prompts or stats.truncated_responses:
         log.warning("truncated %d prompts to %d tokens and %d responses to %d tokens",
                     stats.truncated_prompts, config.prompt_sequence_length,
                     stats.truncated_responses, config.target_sequence_length)
-    train_idx, heldout_idx = data.split_heldout(len(encoded), config.heldout_fraction,
-                                                config.max_heldout_pairs, config.seed)
+    if config.classifier:  # every class in the held-out set, however rare
+        train_idx, heldout_idx = data.split_stratified([e.label for e in encoded], config.heldout_fraction,
+                                                       config.max_heldout_pairs, config.seed)
+    else:
+        train_idx, heldout_idx = data.split_heldout(len(encoded), config.heldout_fraction,
+                                                    config.max_heldout_pairs, config.seed)
     train_set = [encoded[i] for i in train_idx]
     eval_sets = {"heldout": [encoded[i] for i in heldout_idx], "eval": eval_encoded}
-    log.info("%d training pairs, %d held out, %d eval pairs; world size %d (%s pairs per step on each "
-             "process)", len(train_set), len(heldout_idx), len(eval_encoded), world,
-             f"{config.pairs_per_step / world:g}")
+    unit = "examples" if config.classifier else "pairs"
+    log.info("%d training %s, %d held out, %d eval %s; world size %d (%s %s per step on each "
+             "process)", len(train_set), unit, len(heldout_idx), len(eval_encoded), unit, world,
+             f"{config.pairs_per_step / world:g}", unit)
 
     dtype = None if config.dtype == "auto" else config.dtype
     from rlhf import memory_plan  # refuse a model that cannot fit before loading it (CUDA only)
@@ -114,7 +136,7 @@ def prepare(config: RewardConfig) -> RewardSetup:
         lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=list(config.lora_target_modules), device=device, dtype=dtype,
         gradient_checkpointing=config.gradient_checkpointing or bool(plan and plan.settings.get("gradient_checkpointing")),
-        trust_remote_code=config.trust_remote_code, seed=config.seed)
+        trust_remote_code=config.trust_remote_code, seed=config.seed, labels=classes or None)
     sharded = (config.shard_base or bool(plan and plan.strategy == "sharded")) and distributed.shard_frozen(
         model, device, root=modeling.parts(model)[0])
     if sharded:
@@ -125,14 +147,21 @@ def prepare(config: RewardConfig) -> RewardSetup:
     total = config.reward_model_train_steps
     warmup = int(config.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, warmup, config.lr_scheduler))
-    collate = Collator(model, tokenizer.pad_token_id, config.share_prompt, device)
-    plan = batching.BatchPlan([p.length(collate.share) for p in train_set], config.batch_size, config.seed)
+    if config.classifier:
+        weights = classifier.class_weights([e.label for e in train_set], len(classes), config.class_weighting)
+        log.info("class weights %s", dict(zip(classes, (round(w, 3) for w in weights))))
+    collate = (classifier.ClassifierCollator(tokenizer.pad_token_id, device, weights) if config.classifier
+               else Collator(model, tokenizer.pad_token_id, config.share_prompt, device))
+    # No length buckets for a classifier: length often follows the class, and batches of one class
+    # swing the bias back and forth instead of teaching the classes apart.
+    plan = batching.BatchPlan([p.length(collate.share) for p in train_set], config.batch_size, config.seed,
+                              bucket=not config.classifier)
     return RewardSetup(tokenizer=tokenizer, use_chat_template=use_chat, train_set=train_set,
                        eval_sets=eval_sets, model=model, optimizer=optimizer, scheduler=scheduler,
-                       collate=collate, plan=plan, sharded=sharded)
+                       collate=collate, plan=plan, sharded=sharded, classes=classes, positive=positive)
 
 
-def unsharded_copy(config: RewardConfig, model, tokenizer):
+def unsharded_copy(config: RewardConfig, model, tokenizer, labels=None):
     """A whole copy of a sharded reward model on CPU, for writing its files (adapter, score head,
     merged model) exactly as an unsharded run does: the base loaded again from the reference (it is
     frozen, so it is what training saw) in the training dtype, and the trained parameters, which
@@ -143,6 +172,7 @@ def unsharded_copy(config: RewardConfig, model, tokenizer):
         config.large_model_reference, tokenizer, lora_rank=config.reward_lora_dim,
         lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=list(config.lora_target_modules), device=torch.device("cpu"), dtype=dtype,
-        gradient_checkpointing=False, trust_remote_code=config.trust_remote_code, seed=config.seed)
+        gradient_checkpointing=False, trust_remote_code=config.trust_remote_code, seed=config.seed,
+        labels=labels)
     checkpoint.load_trainable(copy, checkpoint.trainable_state_dict(model))
     return copy.eval()

@@ -35,6 +35,7 @@ class RewardResult:
     steps: int = 0
     resumed_from: Optional[int] = None
     roc: dict = field(default_factory=dict)          # prefix -> (fpr, tpr, thresholds)
+    labels: list = field(default_factory=list)       # a classifier's class names (confusion-matrix order)
 
 
 def train_reward_model(config: RewardConfig) -> RewardResult:
@@ -42,19 +43,27 @@ def train_reward_model(config: RewardConfig) -> RewardResult:
     config.validate()
     parts = prepare(config)  # data first: a bad file fails before a model is loaded
     run = RunDir(config.output_dir, prefix="rlhf-reward-")
-    trainer = RewardTrainer(config, parts, run)
+    if config.classifier:
+        from rlhf.reward.classifier import ClassifierTrainer
+        trainer = ClassifierTrainer(config, parts, run, parts.classes, parts.positive)
+    else:
+        trainer = RewardTrainer(config, parts, run)
     resumed_from = trainer.resume() or None
     final = trainer.train()
 
-    norm = normalization_stats(parts.model, parts.collate, parts.train_set, config)
+    # A classifier's reward is its positive logit (or log-probability) as it stands.
+    norm = ({"mean": 0.0, "std": 1.0, "pairs": 0} if config.classifier else
+            normalization_stats(parts.model, parts.collate, parts.train_set, config))
     final["reward/normalization_mean"], final["reward/normalization_std"] = norm["mean"], norm["std"]
     if distributed.is_main():  # several processes (rlhf.launch): rank 0 writes, the others are done
-        info = outputs.model_info(config, parts.model, parts.use_chat_template, norm, final)
+        info = outputs.model_info(config, parts.model, parts.use_chat_template, norm, final, parts.classes)
         with run.publish(outputs.INFO_FILE, info) as out:
-            model = unsharded_copy(config, parts.model, parts.tokenizer) if parts.sharded else parts.model
+            model = (unsharded_copy(config, parts.model, parts.tokenizer, parts.classes or None)
+                     if parts.sharded else parts.model)
             outputs.write_model(model, parts.tokenizer, out, merged=config.save_merged_model,
                                 base_model=config.large_model_reference)
             storage.write_json(storage.join(out, "metrics.json"), final)
     distributed.shutdown()
     return RewardResult(output_dir=config.output_dir, metrics=final, normalization=norm,
-                        steps=config.reward_model_train_steps, resumed_from=resumed_from, roc=trainer.roc)
+                        steps=config.reward_model_train_steps, resumed_from=resumed_from, roc=trainer.roc,
+                        labels=list(parts.classes))

@@ -45,30 +45,42 @@ NON_FINITE_CAUSES = ("a learning rate too high (--reward-model-learning-rate-mul
 
 
 @torch.no_grad()
-def score_pairs(model, collate: Collator, pairs: Sequence[batching.EncodedPair],
-                batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rewards of every pair's chosen and rejected response, in order (eval mode). On several
-    processes each scores every N-th batch (the batches one process would form, so the scores are
-    the same) and every process gets all of them."""
+def score_items(model, collate, items: Sequence, batch_size: int, forward) -> np.ndarray:
+    """``forward(model, batch)`` ([B, ...] per batch) for every item, in order (eval mode), batched
+    by length. On several processes each scores every N-th batch (the batches one process would
+    form, so the scores are the same) and every process gets all of them."""
     was_training = model.training
     model.eval()
-    order = np.argsort([p.length(collate.share) for p in pairs], kind="stable")
-    chosen, rejected = np.empty(len(pairs)), np.empty(len(pairs))
+    order = np.argsort([p.length(collate.share) for p in items], kind="stable")
+    out: Optional[np.ndarray] = None
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     mine = []
     for idx in batches[distributed.rank()::distributed.world_size()] if distributed.active() else batches:
-        rc, rr = pair_rewards(model, collate([pairs[i] for i in idx]))
-        chosen[idx], rejected[idx] = rc.cpu().numpy(), rr.cpu().numpy()
+        values = forward(model, collate([items[i] for i in idx])).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(items),) + values.shape[1:])
+        out[idx] = values
         mine.append(idx)
     if distributed.is_sharded(model) and batches:  # FSDP: every process runs as many forward passes
         for _ in range(-(-len(batches) // distributed.world_size()) - len(mine)):
-            pair_rewards(model, collate([pairs[i] for i in batches[0]]))  # a stand-in, discarded
+            forward(model, collate([items[i] for i in batches[0]]))  # a stand-in, discarded
     model.train(was_training)
     if distributed.active():
-        for part in distributed.gather([(idx, chosen[idx], rejected[idx]) for idx in mine]):
-            for idx, rc, rr in part:
-                chosen[idx], rejected[idx] = rc, rr
-    return chosen, rejected
+        for part in distributed.gather([(idx, out[idx]) for idx in mine]):
+            for idx, values in part:
+                if out is None:  # this process had no batch of its own
+                    out = np.empty((len(items),) + values.shape[1:])
+                out[idx] = values
+    return out if out is not None else np.empty((0,))
+
+
+def score_pairs(model, collate: Collator, pairs: Sequence[batching.EncodedPair],
+                batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rewards of every pair's chosen and rejected response, in order (``score_items``)."""
+    if not len(pairs):
+        return np.empty(0), np.empty(0)
+    scores = score_items(model, collate, pairs, batch_size, lambda m, b: torch.stack(pair_rewards(m, b), -1))
+    return scores[:, 0], scores[:, 1]
 
 
 def train_step(model, collate: Collator, batches: Sequence[Sequence[batching.EncodedPair]],
@@ -99,10 +111,16 @@ def train_step(model, collate: Collator, batches: Sequence[Sequence[batching.Enc
         sums["train/margin"] += d.mean().item() * weight
         sums["reward/chosen"] += rc.detach().mean().item() * weight
         sums["reward/rejected"] += rr.detach().mean().item() * weight
-    if hasattr(forward, "reduce_gradients"):  # a sharded base: average the trainable gradients now
-        forward.reduce_gradients()
     if not config.center_rewards_coefficient:
         del sums["loss/center"]
+    return finish_step(sums, forward, optimizer, scheduler, config)
+
+
+def finish_step(sums: dict[str, float], forward, optimizer, scheduler, config: RewardConfig) -> dict[str, float]:
+    """After the micro-batches' backward passes: reduce gradients and metrics over the processes,
+    clip, and take the optimizer step unless the loss or the gradient norm is not finite."""
+    if hasattr(forward, "reduce_gradients"):  # a sharded base: average the trainable gradients now
+        forward.reduce_gradients()
     sums = distributed.reduce_metrics(sums)  # each process's part of the step's mean, × world size
     sums["optim/lr"] = scheduler.get_last_lr()[0]
     if not math.isfinite(sums["loss/total"]):
@@ -132,7 +150,11 @@ def normalization_stats(model, collate: Collator, train_set, config: RewardConfi
 
 class RewardTrainer:
     """Runs ``config.reward_model_train_steps`` steps on ``parts`` (``rlhf.reward.setup.prepare``),
-    writing metrics under ``run`` and checkpoints to ``run.checkpoints_dir``."""
+    writing metrics under ``run`` and checkpoints to ``run.checkpoints_dir``. The loss and the
+    evaluation are the pairwise model's; ``rlhf.reward.classifier.ClassifierTrainer`` swaps them."""
+
+    FORWARD = staticmethod(pair_rewards)   # model, batch -> what the step's loss reads
+    TRAIN_STEP = staticmethod(train_step)  # one optimizer step, as ``train_step``
 
     def __init__(self, config: RewardConfig, parts: RewardSetup, run: RunDir):
         self.cfg, self.parts = config, parts
@@ -144,7 +166,7 @@ class RewardTrainer:
                                jsonl_path=run.path("metrics.jsonl") if self.is_main else None,
                                log_every=config.log_every, item_name="pairs", show=SHOWN)
         # The step's pass; with several processes, DDP averages the trainable parameters' gradients.
-        self.forward = distributed.wrap(parts.model, pair_rewards)
+        self.forward = distributed.wrap(parts.model, self.FORWARD)
         self.step = 0
         self.evaluated: dict = {}  # the last evaluation: scalars and confusion matrices
         self.roc: dict = {}        # prefix -> (fpr, tpr, thresholds) of the last evaluation
@@ -206,7 +228,7 @@ class RewardTrainer:
                 t0 = time.perf_counter()
                 batches = self.batches(self.step)
                 mine, shares = self.shard(batches)
-                sums = train_step(p.model, p.collate, mine, p.optimizer, p.scheduler, cfg, self.forward, shares)
+                sums = self.TRAIN_STEP(p.model, p.collate, mine, p.optimizer, p.scheduler, cfg, self.forward, shares)
                 for name in ("loss/total", "optim/grad_norm"):
                     if name in sums:
                         self.checkpoints.check_finite(name, sums[name], self.step + 1, NON_FINITE_CAUSES)
