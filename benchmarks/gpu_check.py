@@ -171,7 +171,9 @@ class Patched:
 
     def __enter__(self):
         for obj, name, value in self.triples:
-            self.saved.append((obj, name, getattr(obj, name)))
+            # A class keeps its staticmethod wrapper, so putting it back leaves a plain function.
+            held = vars(obj)[name] if isinstance(obj, type) and name in vars(obj) else getattr(obj, name)
+            self.saved.append((obj, name, held))
             setattr(obj, name, value)
 
     def __exit__(self, *exc):
@@ -238,7 +240,9 @@ def reward_stage(config) -> dict:
 
     _reset_peak(on)
     t0 = time.perf_counter()
-    with Patched((RT, "train_step", train_step), (RT, "pair_rewards", pair_rewards)):
+    # The trainer calls its class's step and forward (a classifier trainer swaps both).
+    with Patched((RT.RewardTrainer, "TRAIN_STEP", staticmethod(train_step)),
+                 (RT.RewardTrainer, "FORWARD", staticmethod(pair_rewards))):
         result = train_reward_model(config)
     return {"steps": steps, "stage_peak": _peak(on), "stage_s": time.perf_counter() - t0, "dtypes": sorted(dtypes),
             "final_loss": result.metrics.get("loss/total"), "device": _device_name(on),
