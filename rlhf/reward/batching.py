@@ -57,30 +57,42 @@ class EncodeStats:
     truncated_responses: int = 0
 
 
+class PromptIds:
+    """A conversation's prompt token ids, encoded once per distinct conversation (ranked and labeled
+    data repeat prompts) and cut to its last ``length`` tokens; cut prompts are counted in ``stats``."""
+
+    def __init__(self, tokenizer, length: int, use_chat_template: Optional[bool], stats: EncodeStats):
+        self.tokenizer, self.length, self.use_chat_template, self.stats = tokenizer, length, use_chat_template, stats
+        self.cache: dict[str, list[int]] = {}
+
+    def __call__(self, messages) -> list[int]:
+        key = json.dumps(messages, sort_keys=True)
+        if key not in self.cache:
+            full = encoding.encode_prompt(self.tokenizer, messages, self.use_chat_template)
+            self.stats.truncated_prompts += len(full) > self.length
+            self.cache[key] = full[-self.length:]
+        return self.cache[key]
+
+
+def response_ids(tokenizer, text: str, length: int, stats: EncodeStats) -> list[int]:
+    """A response's token ids cut to ``length`` (EOS kept only when it fits); cut ones are counted."""
+    stats.truncated_responses += len(encoding.encode_response(tokenizer, text)) > length
+    return encoding.encode_response(tokenizer, text, length)
+
+
 def encode_pairs(tokenizer, pairs: Sequence[PreferencePair], prompt_sequence_length: int,
                  target_sequence_length: int, use_chat_template: Optional[bool] = None,
                  instruction: str = "") -> tuple[list[EncodedPair], EncodeStats]:
     """Token ids of every pair; ``instruction`` applies to rows without their own."""
     stats = EncodeStats(pairs=len(pairs))
-    prompt_cache: dict[str, list[int]] = {}  # ranked data repeats prompts across pairs
+    prompt_ids = PromptIds(tokenizer, prompt_sequence_length, use_chat_template, stats)
     out = []
     for pair in pairs:
         if instruction and not pair.instruction:
             pair = PreferencePair(pair.messages, pair.chosen, pair.rejected, pair.source, instruction)
-        messages = prompt_messages(pair)
-        key = json.dumps(messages, sort_keys=True)
-        if key not in prompt_cache:
-            full = encoding.encode_prompt(tokenizer, messages, use_chat_template)
-            if len(full) > prompt_sequence_length:
-                stats.truncated_prompts += 1
-            prompt_cache[key] = full[-prompt_sequence_length:]
-        responses = []
-        for text in (pair.chosen, pair.rejected):
-            full = encoding.encode_response(tokenizer, text)
-            if len(full) > target_sequence_length:
-                stats.truncated_responses += 1
-            responses.append(encoding.encode_response(tokenizer, text, target_sequence_length))
-        out.append(EncodedPair(prompt_cache[key], responses[0], responses[1]))
+        out.append(EncodedPair(prompt_ids(prompt_messages(pair)),
+                               response_ids(tokenizer, pair.chosen, target_sequence_length, stats),
+                               response_ids(tokenizer, pair.rejected, target_sequence_length, stats)))
     return out, stats
 
 

@@ -13,7 +13,6 @@ several processes, the non-finite guard) with this module's forward pass, loss a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -21,10 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rlhf import encoding
 from rlhf.data.canonical import LabeledExample, prompt_messages
 from rlhf.errors import UserError
-from rlhf.reward.batching import EncodeStats, collate_sequences
+from rlhf.reward.batching import EncodeStats, PromptIds, collate_sequences, response_ids
 from rlhf.reward.config import RewardConfig
 from rlhf.reward.metrics import classification_metrics, roc_curve
 from rlhf.reward.modeling import score_sequences
@@ -64,21 +62,13 @@ def encode_examples(tokenizer, examples: Sequence[LabeledExample], classes: Sequ
     """Token ids and class index of every example; ``instruction`` applies to rows without their own."""
     index = {name: i for i, name in enumerate(classes)}
     stats = EncodeStats(pairs=len(examples))
-    prompts: dict[str, list[int]] = {}  # several responses per prompt are usual
+    prompt_ids = PromptIds(tokenizer, prompt_sequence_length, use_chat_template, stats)
     out = []
     for ex in examples:
         if instruction and not ex.instruction:
             ex = LabeledExample(ex.messages, ex.response, ex.label, ex.source, instruction)
-        messages = prompt_messages(ex)
-        key = json.dumps(messages, sort_keys=True)
-        if key not in prompts:
-            full = encoding.encode_prompt(tokenizer, messages, use_chat_template)
-            stats.truncated_prompts += len(full) > prompt_sequence_length
-            prompts[key] = full[-prompt_sequence_length:]
-        full = encoding.encode_response(tokenizer, ex.response)
-        stats.truncated_responses += len(full) > target_sequence_length
-        response = encoding.encode_response(tokenizer, ex.response, target_sequence_length)
-        out.append(EncodedExample(prompts[key] + response, index[str(ex.label)]))
+        response = response_ids(tokenizer, ex.response, target_sequence_length, stats)
+        out.append(EncodedExample(prompt_ids(prompt_messages(ex)) + response, index[str(ex.label)]))
     return out, stats
 
 
