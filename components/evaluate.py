@@ -12,7 +12,7 @@ from components.image import IMAGE
 def evaluate_model(
     eval_data: Input[Dataset],
     tuned_policy: Input[Model],
-    reward_model: Input[Model],
+    reward_model: Input[Model],  # trained, or a reference to an existing classifier (rlhf.reward.existing)
     report: Output[HTML],
     summary: Output[Markdown],
     metrics: Output[Metrics],
@@ -35,10 +35,11 @@ def evaluate_model(
     from rlhf import launch, storage
     from rlhf.evaluate.run import EvalOutputs, evaluate
     from rlhf.pipeline_settings import EVALUATION
+    from rlhf.reward.existing import reward_settings
 
     config = EVALUATION.build({
         **EVALUATION.settings_of(locals()), "eval_dataset": eval_data.path, "model": tuned_policy.path,
-        "reward_model": reward_model.path,
+        **reward_settings(reward_model.path),
         "training_history": training_logs.path if training_logs is not None else ""})
     result = launch.run(evaluate, config, EvalOutputs(  # one process per GPU the task was given
         predictions_dir=predictions.path, report_html=report.path, summary_md=summary.path,

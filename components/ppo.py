@@ -11,7 +11,7 @@ from components.image import TRAINER_IMAGE
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
 def tune_policy(
     prompt_data: Input[Dataset],
-    reward_model: Input[Model],
+    reward_model: Input[Model],  # trained, or a reference to an existing classifier (rlhf.reward.existing)
     policy_adapter: Output[Model],
     metrics: Output[Metrics],
     tensorboard_logs: Output[Artifact],
@@ -38,11 +38,12 @@ def tune_policy(
     from rlhf.pipeline_settings import REINFORCEMENT_LEARNING
     from rlhf.ppo.outputs import export_artifacts, run_dir_beside
     from rlhf.ppo.run import tune
+    from rlhf.reward.existing import reward_settings
 
     run_dir = run_dir_beside(policy_adapter.path)
     config = REINFORCEMENT_LEARNING.build({
         **REINFORCEMENT_LEARNING.settings_of(locals()), "prompt_dataset": prompt_data.path,
-        "reward_model": reward_model.path, "output_dir": run_dir}, options)
+        **reward_settings(reward_model.path), "output_dir": run_dir}, options)
     summary = launch.run(tune, config)  # one process per GPU the task was given
     export_artifacts(run_dir, policy_adapter.path, tensorboard_logs.path, samples.path)
     for name, value in summary.items():

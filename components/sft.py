@@ -12,6 +12,7 @@ from components.image import TRAINER_IMAGE
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
 def supervised_fine_tuning(
     preference_data: Input[Dataset],
+    sft_data: Input[Dataset],  # validated sft_dataset; written only when one was given
     sft_model: Output[Model],
     metrics: Output[Metrics],
     tensorboard_logs: Output[Artifact],
@@ -20,25 +21,29 @@ def supervised_fine_tuning(
     target_sequence_length: int,
     seed: int,
     options: dict,
-    sft_dataset: Optional[str] = None,  # None: fine-tune on the preferred candidates of preference_data
+    supervised_tuning: str,
     instruction: Optional[str] = None,  # None: Google's "not given"
 ) -> NamedTuple("Outputs", base_model=str):
-    """Fine-tune a LoRA adapter on `sft_dataset` (or the preferred candidates of the validated
-    preference pairs) and write the merged model to `sft_model` (Hugging Face format, tokenizer
-    included); `base_model` is its URI, the `large_model_reference` of the later stages. The run
-    (checkpoints) lives beside it (`../sft_run`), so a preempted task restarted on the same outputs
-    resumes. Settings default in `SFTConfig`, never here; `options` sets any other field (e.g.
+    """Fine-tune a LoRA adapter on the validated demonstrations (`supervised_tuning` sft_dataset) or
+    the preferred candidates of the validated preference pairs (preferred_candidates) and write the
+    merged model to `sft_model` (Hugging Face format, tokenizer included); `base_model` is its URI,
+    the `large_model_reference` of the later stages. The run (checkpoints) lives beside it
+    (`../sft_run`), so a preempted task restarted on the same outputs resumes. Settings default in `SFTConfig`, never here; `options` sets any other field (e.g.
     {"sft_train_steps": 200, "lora_rank": 16})."""
     from collections import namedtuple
 
     from rlhf import launch, storage
-    from rlhf.pipeline_settings import SUPERVISED_FINE_TUNING as SFT
+    from rlhf.errors import UserError
+    from rlhf.pipeline_settings import SUPERVISED_FINE_TUNING as SFT, SUPERVISED_TUNING
     from rlhf.sft.outputs import export_merged_model, run_dir_beside
     from rlhf.sft.run import train_sft
 
+    if supervised_tuning not in SUPERVISED_TUNING[1:]:
+        raise UserError(f"supervised_tuning {supervised_tuning!r}: use one of {', '.join(SUPERVISED_TUNING[1:])}")
+    on_demonstrations = supervised_tuning == "sft_dataset"
     run_dir = run_dir_beside(sft_model.path)
-    config = SFT.build({**SFT.settings_of(locals()), "sft_dataset": sft_dataset or "",
-                        "preference_dataset": "" if sft_dataset else preference_data.path,
+    config = SFT.build({**SFT.settings_of(locals()), "sft_dataset": sft_data.path if on_demonstrations else "",
+                        "preference_dataset": "" if on_demonstrations else preference_data.path,
                         "output_dir": run_dir, "tensorboard_dir": tensorboard_logs.path,
                         "save_merged_model": True}, options)
     summary = launch.run(train_sft, config)  # one process per GPU the task was given

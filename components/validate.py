@@ -15,6 +15,7 @@ def validate_data(
     prompt_data: Output[Dataset],
     eval_data: Output[Dataset],
     labeled_data: Output[Dataset],  # written only when labeled_dataset is given
+    sft_data: Output[Dataset],  # written only when sft_dataset is given
     stats: Output[Artifact],
     metrics: Output[Metrics],
     summary: Output[Markdown],
@@ -26,6 +27,7 @@ def validate_data(
     accelerator_type: str,
     eval_dataset: Optional[str] = None,  # None: Google's "not given"
     labeled_dataset: Optional[str] = None,  # a classifier reward model's data; None or "": not given
+    sft_dataset: Optional[str] = None,  # supervised fine-tuning's demonstrations; None or "": not given
     instruction: Optional[str] = None,
     labeled_preferences: Input[Dataset] = None,  # AI-feedback labels (components.label)
     use_labeled_preferences: Optional[bool] = None,  # True: read those instead of preference_dataset
@@ -47,7 +49,7 @@ def validate_data(
     config = VALIDATION.build(VALIDATION.settings_of(locals()))
     report = run_validation(config, ValidationOutputs(
         preference=preference_data.path, prompts=prompt_data.path, eval=eval_data.path,
-        labeled=labeled_data.path,
+        labeled=labeled_data.path, sft=sft_data.path,
         stats=stats.path, summary_md=summary.path, summary_html=summary_html.path))
     print("\n".join(report.warnings.lines()))
     if not report.ok:

@@ -8,21 +8,20 @@ a sub-pipeline in its own module.
 """
 
 import functools
+import inspect
 from typing import NamedTuple, Optional
 
 from kfp import dsl
 
 from components.deploy import deployment_skipped
-from pipelines.deployment import deployment_stage
-from pipelines.dpo import dpo_stage
-from pipelines.evaluation import evaluation_stage
-from pipelines.reward import reward_model_stage
-from pipelines.targets import (LOCATION_PLACEHOLDER, PROJECT_ID_PLACEHOLDER, check_target,
-                               clear_of_sub_pipeline_groups, job_platform, request_small_machine,
+from pipelines.sft import sft_stage
+from pipelines.targets import (GPU_PROFILE, LOCATION_PLACEHOLDER, PROJECT_ID_PLACEHOLDER, arguments_for,
+                               check_target, clear_of_sub_pipeline_groups, job_platform, request_small_machine,
                                stage_hardware, stage_settings)
-from pipelines.tuning import reinforcement_learning_stage
+from pipelines.tuning_from import GROUPS_FROM as INNER_GROUPS_FROM
+from pipelines.tuning_from import tuning_from_stage
 from pipelines.validation import validation_stage
-from rlhf.pipeline_settings import DPO, EVALUATION, REINFORCEMENT_LEARNING, REWARD_MODEL, TUNING_METHODS, default
+from rlhf.pipeline_settings import SUPERVISED_FINE_TUNING, SUPERVISED_TUNING, TUNING_METHODS, default
 from rlhf.deploy import DEFAULT_SERVING_IMAGE
 
 PIPELINE_NAME = "rlhf-train-template"
@@ -39,16 +38,7 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
     `training_operator` (trainjob or pytorchjob) a multi-node stage runs as that operator's job."""
     check_target(target)
     job_platform(target, training_operator)  # checks the operator's name
-    # Sub-pipelines are built before the pipeline that calls them (kfp builds a graph on decoration).
-    validate_inputs = validation_stage(target)
-    train_reward_model = reward_model_stage(target, training_operator)
-    reinforcement_learning = reinforcement_learning_stage(target, training_operator)
-    tune_with_dpo = dpo_stage(target)
-    evaluate = evaluation_stage(target)
-    upload_and_deploy = deployment_stage(target) if target == "vertex" else None
 
-    @dsl.pipeline(name=PIPELINE_NAME,
-                  description=f"Performs reinforcement learning from human feedback (target: {_TARGET_NOTE[target]}).")
     def rlhf_pipeline(
         # Google's rlhf_pipeline parameters, in its order. Where a step's config holds the setting,
         # the default is the config's (`default`, checked equal to Google's by the tests); the rest
@@ -74,6 +64,9 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
         tensorboard_resource_id: str = "",
         # Ours: training settings.
         seed: int = default("seed"),
+        supervised_tuning: str = SUPERVISED_TUNING[0],
+        sft_dataset: str = default("sft_dataset"),
+        sft_options: dict = default("sft_options"),
         reward_lora_dim: int = default("reward_lora_dim"),
         reward_model_batch_size: int = default("reward_model_batch_size"),
         reward_model_gradient_accumulation_steps: int = default("reward_model_gradient_accumulation_steps"),
@@ -81,6 +74,7 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
         reward_model_type: str = default("reward_model_type"),
         labeled_dataset: str = default("labeled_dataset"),
         positive_label: str = default("positive_label"),
+        reward_model: str = default("reward_model"),
         reinforcement_learning_batch_size: int = default("reinforcement_learning_batch_size"),
         reinforcement_learning_options: dict = default("reinforcement_learning_options"),
         tuning_method: str = TUNING_METHODS[0],
@@ -137,13 +131,17 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
           encryption_spec_key_name: Cloud KMS key for the model, the endpoint and the multi-node training jobs the pipeline creates (`rlhf submit --encryption-spec-key-name` sets it too). Google's parameter.
           tensorboard_resource_id: Vertex AI TensorBoard (`projects/P/locations/L/tensorboards/ID`) that receives the training metrics; empty for none. Google's parameter.
           seed: Random seed of every stage: data order, held-out split, initialization, PPO sampling and evaluation sampling.
+          supervised_tuning: Supervised fine-tuning before the reward model: `off`, `sft_dataset` (on sft_dataset's demonstrations) or `preferred_candidates` (on the preferred response of each preference pair). Its merged model is then the base of every later stage: the reward model, PPO (and its KL reference), DPO, evaluation and deployment. It runs on the reinforcement_learning_* GPUs.
+          sft_dataset: Demonstrations (JSONL) for supervised_tuning sft_dataset, in Vertex AI's supervised tuning format: `input_text` and `output_text`, or chat `messages` ending with the model's answer; validated with the other datasets.
+          sft_options: Any supervised fine-tuning setting as a JSON object, e.g. {"sft_train_steps": 200, "sft_learning_rate_multiplier": 2, "lora_rank": 16} (see `rlhf sft --help`); a setting that has its own parameter (seed, instruction, ...) is refused here.
           reward_lora_dim: LoRA rank of the reward model (Google's reward trainer uses 4).
           reward_model_batch_size: Preference pairs per forward pass of the reward model.
           reward_model_gradient_accumulation_steps: Forward passes per reward model step (pairs per step = batch size x this).
           reward_model_options: Any other reward model setting as a JSON object, e.g. {"lora_alpha": 16, "margin": 0.5, "heldout_fraction": 0.1} (see `rlhf train-reward --help`); a setting that has its own parameter (seed, reward_model_batch_size, ...) is refused here.
           reward_model_type: `pairwise` (a Bradley-Terry reward model trained on the preference pairs) or `classifier` (a sequence classifier trained on labeled_dataset with class-balanced cross-entropy; the reward is the positive_label class's logit, or its log-probability with reward_model_options {"reward_from": "logprob"}).
           labeled_dataset: Labeled responses (JSONL) for reward_model_type classifier: each line has `input_text` (or chat `messages`), `output_text` and `label` (an integer class or a class name); validated with the other datasets.
-          positive_label: With reward_model_type classifier, the class whose score is the reward (a class name, or an integer class as text).
+          positive_label: With reward_model_type classifier, the class whose score is the reward (a class name, or an integer class as text); with reward_model, required: the existing classifier's class (a name from its id2label, e.g. POSITIVE).
+          reward_model: An existing Hugging Face sequence classifier as the reward (alias, local or gs:// directory; with positive_label): no reward model is trained, PPO is rewarded with (and evaluation scores by) that class's logit of the response. Empty: train the reward model.
           reinforcement_learning_batch_size: Prompts sampled per PPO step.
           reinforcement_learning_options: Any other PPO setting as a JSON object, e.g. {"mini_batch_size": 8, "ppo_epochs": 4, "lora_rank": 8, "temperature": 0.7, "adaptive_kl": true} (see `rlhf tune --help`); a setting that has its own parameter (kl_coeff, seed, ...) is refused here.
           tuning_method: `ppo` (reinforcement learning against the reward model) or `dpo` (direct preference optimization on the preference pairs: no PPO; the reward model is still trained, for evaluation's reward scores). DPO takes the reinforcement_learning_* steps, learning rate multiplier (of 5e-5), batch size and hardware, and kl_coeff as its beta.
@@ -185,6 +183,7 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
             prompt_dataset=prompt_dataset,
             eval_dataset=eval_dataset,
             labeled_dataset=labeled_dataset,
+            sft_dataset=sft_dataset,
             instruction=instruction,
             large_model_reference=large_model_reference,
             prompt_sequence_length=prompt_sequence_length,
@@ -194,81 +193,35 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
             ai_feedback=ai_feedback,
             ai_feedback_options=ai_feedback_options,
         ).set_display_name("Validate Inputs")
+        datasets = {name: data.outputs[name] for name in
+                    ("prompt_data", "preference_data", "eval_data", "labeled_data", "has_eval_dataset")}
 
-        reward = train_reward_model(
-            preference_data=data.outputs["preference_data"],
-            eval_data=data.outputs["eval_data"],
-            labeled_data=data.outputs["labeled_data"],
-            options=reward_model_options,
-            tensorboard_resource_id=tensorboard_resource_id,
-            encryption_spec_key_name=encryption_spec_key_name,
-            **stage_settings(REWARD_MODEL, params),
-            **stage_hardware("reward_model", params),
-        ).set_display_name("Train Reward Model")
-
-        def evaluate_and_deploy(policy):
-            """The same evaluation and deployment for the policy either tuning method wrote."""
-            evaluate(
-                has_eval_dataset=data.outputs["has_eval_dataset"],
-                eval_data=data.outputs["eval_data"],
-                tuned_policy=policy.outputs["policy_adapter"],
-                reward_model=reward.outputs["reward_model"],
-                training_logs=policy.outputs["tensorboard_logs"],
-                **stage_settings(EVALUATION, params),
-                **stage_hardware("evaluation", params),
-            ).set_display_name("Evaluate Tuned Model")
-            if upload_and_deploy is None:
-                return None
-            return upload_and_deploy(
-                tuned_model=policy.outputs["policy_adapter"],
-                deploy_model=deploy_model,
-                model_display_name=model_display_name,
-                large_model_reference=large_model_reference,
-                project=project,
-                location=location,
-                encryption_spec_key_name=encryption_spec_key_name,
-                prompt_sequence_length=prompt_sequence_length,
-                target_sequence_length=target_sequence_length,
-                serving_container_image_uri=serving_container_image_uri,
-                serving_container_args=serving_container_args,
-                serving_machine_type=serving_machine_type,
-                serving_accelerator_type=serving_accelerator_type,
-                serving_accelerator_count=serving_accelerator_count,
-            ).set_display_name("Upload and Deploy Tuned Model")
-
-        # Evaluation and deployment sit inside each branch: kfp's local runner cannot resolve a
-        # dsl.OneOf of the two policies, and only Vertex (which can) returns deployment outputs.
-        clear_of_sub_pipeline_groups()
-        # PPO first: the default keeps its task names (tune-policy, evaluate-model).
-        with dsl.If(tuning_method != "dpo", name="Tune with PPO"):
-            policy = reinforcement_learning(
-                prompt_data=data.outputs["prompt_data"],
-                reward_model=reward.outputs["reward_model"],
-                options=reinforcement_learning_options,
-                tensorboard_resource_id=tensorboard_resource_id,
-                encryption_spec_key_name=encryption_spec_key_name,
-                **stage_settings(REINFORCEMENT_LEARNING, params),
-                **stage_hardware("reinforcement_learning", params),
-            ).set_display_name("Reinforcement Learning")
-            ppo_deployed = evaluate_and_deploy(policy)
-        with dsl.Else(name="Tune with DPO"):
-            hardware = stage_hardware("reinforcement_learning", params)
-            dpo_policy = tune_with_dpo(
+        # The reward model, tuning, evaluation and deployment sit inside each branch, from the base
+        # model or from the SFT model: only Vertex (whose dsl.OneOf kfp's local runner cannot run)
+        # returns deployment outputs.
+        clear_of_sub_pipeline_groups(INNER_GROUPS_FROM + 100)
+        # Off first: the default keeps its task names (tune-from).
+        with dsl.If(supervised_tuning == "off", name="From the base model"):
+            from_base = tune_from(**arguments_for(tune_from, params, **datasets)).set_display_name(
+                "Reward Model, Tuning and Evaluation")
+        with dsl.Else(name="Supervised fine-tuning first"):
+            hardware = stage_hardware("reinforcement_learning", params)  # a policy-sized LoRA run, as DPO
+            sft = fine_tune(
                 preference_data=data.outputs["preference_data"],
-                options=dpo_options,
+                sft_data=data.outputs["sft_data"],
+                supervised_tuning=supervised_tuning,
+                options=sft_options,
                 tensorboard_resource_id=tensorboard_resource_id,
-                **stage_settings(DPO, params),
-                **{k: hardware[k] for k in ("gpu_type", "gpu_count", "cpu_limit", "memory_limit")},
-            ).set_display_name("Direct Preference Optimization")
-            dpo_deployed = evaluate_and_deploy(dpo_policy)
+                **stage_settings(SUPERVISED_FINE_TUNING, params),
+                **{k: hardware[k] for k in GPU_PROFILE},
+            ).set_display_name("Supervised Fine-Tuning")
+            from_sft = tune_from(**arguments_for(tune_from, params, **datasets,
+                                                 large_model_reference=sft.outputs["base_model"]))
+            from_sft.set_display_name("Reward Model, Tuning and Evaluation from the SFT Model")
 
-        if upload_and_deploy is not None:
-            return PipelineOutput(
-                model_resource_name=dsl.OneOf(ppo_deployed.outputs["model_resource_name"],
-                                              dpo_deployed.outputs["model_resource_name"]),
-                endpoint_resource_name=dsl.OneOf(ppo_deployed.outputs["endpoint_resource_name"],
-                                                 dpo_deployed.outputs["endpoint_resource_name"]),
-            )
+        if target == "vertex":
+            return PipelineOutput(**{name: dsl.OneOf(from_base.outputs[name], from_sft.outputs[name])
+                                     for name in PipelineOutput._fields})
         # No Vertex AI to deploy to: empty names, as Google's pipeline returns when not deploying.
         deployed = request_small_machine(deployment_skipped(), target).set_display_name(
             "Upload and Deploy Tuned Model (Vertex AI only): skipped")
@@ -277,4 +230,11 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
             endpoint_resource_name=deployed.outputs["endpoint_resource_name"],
         )
 
-    return rlhf_pipeline
+    # Sub-pipelines are built before the pipeline that calls them (kfp builds a graph on decoration);
+    # the later stages take their inputs' declarations from the pipeline's parameters.
+    validate_inputs = validation_stage(target)
+    fine_tune = sft_stage(target)
+    tune_from = tuning_from_stage(target, training_operator, inspect.signature(rlhf_pipeline).parameters)
+    return dsl.pipeline(name=PIPELINE_NAME, description=(
+        f"Performs reinforcement learning from human feedback (target: {_TARGET_NOTE[target]})."))(rlhf_pipeline)
+

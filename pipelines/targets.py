@@ -182,6 +182,33 @@ def declared(types: Mapping[str, type]) -> list[inspect.Parameter]:
     return [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=t) for n, t in types.items()]
 
 
+def passed_through(signature: Mapping[str, inspect.Parameter], names) -> list[inspect.Parameter]:
+    """The pipeline parameters `names`, as inputs of a sub-pipeline they are passed down to: the
+    parent's declaration (type), without its default (the parent always passes a value; None, an
+    optional parameter's "not given", stays)."""
+    return [p if p.default is None else p.replace(default=inspect.Parameter.empty)
+            for name, p in signature.items() if name in names]
+
+
+def hardware_parameters(prefix: str) -> tuple[str, ...]:
+    """The pipeline parameters `stage_hardware(prefix, ...)` reads."""
+    from rlhf.pipeline_settings import MULTI_NODE_STAGES
+    names = tuple(f"{prefix}_{k}" for k in ("accelerator_type", "accelerator_count", "cpu_limit", "memory_limit"))
+    return names + ((f"{prefix}_replica_count", f"{prefix}_machine_type") if prefix in MULTI_NODE_STAGES else ())
+
+
+def stage_parameters(stage: Stage) -> tuple[str, ...]:
+    """The pipeline parameters a stage's settings come from (its typed ones and its options dict)."""
+    return tuple(stage.parameters) + ((stage.options,) if stage.options else ())
+
+
+def arguments_for(sub_pipeline_task_factory, values: Mapping[str, Any], **given) -> dict[str, Any]:
+    """The arguments of a call to a sub-pipeline: `given`, and for each other input the value of the
+    parameter of that name in `values` (the caller's own inputs)."""
+    names = sub_pipeline_task_factory.component_spec.inputs or {}
+    return {**{n: values[n] for n in names if n not in given and n in values}, **given}
+
+
 def in_task_stage(target: str, component, *, name: str, description: str, display_name: str,
                   tensorboard_run: str, upload_display_name: str, outputs: type):
     """A stage sub-pipeline that trains with `component` in its own pipeline task, on the GPUs its

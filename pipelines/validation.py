@@ -18,6 +18,7 @@ ValidationOutputs = NamedTuple(
     prompt_data=Dataset,
     eval_data=Dataset,
     labeled_data=Dataset,  # with a labeled_dataset only (a classifier reward model's)
+    sft_data=Dataset,  # with an sft_dataset only (supervised fine-tuning's demonstrations)
     has_eval_dataset=bool,
 )
 
@@ -38,6 +39,7 @@ def validation_stage(target: str):
         ai_feedback_options: dict,
         eval_dataset: Optional[str] = None,
         labeled_dataset: Optional[str] = None,
+        sft_dataset: Optional[str] = None,
         instruction: Optional[str] = None,
     ) -> ValidationOutputs:
         # Always runs (a no-op unless ai_feedback and no preference dataset): see its docstring.
@@ -58,6 +60,7 @@ def validation_stage(target: str):
             prompt_dataset=prompt_dataset,
             eval_dataset=eval_dataset,
             labeled_dataset=labeled_dataset,
+            sft_dataset=sft_dataset,
             instruction=instruction,
             tokenizer=large_model_reference,  # token counts and truncation in the stats
             prompt_sequence_length=prompt_sequence_length,
@@ -74,6 +77,7 @@ def validation_stage(target: str):
             prompt_data=checked.outputs["prompt_data"],
             eval_data=checked.outputs["eval_data"],
             labeled_data=checked.outputs["labeled_data"],
+            sft_data=checked.outputs["sft_data"],
             has_eval_dataset=eval_given.output,
         )
 

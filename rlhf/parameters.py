@@ -330,7 +330,7 @@ def check_parameters(template: Template, values: Mapping[str, Any], sources: Map
     if not problems:  # each step's own checks, on the values it would get (given, else default)
         every = {name: p.default for name, p in params.items() if p.has_default}
         every.update(out)
-        for name, problem in setting_problems(every):
+        for name, problem in setting_problems(every, given=set(out)):
             problems.append(f"{sources.get(name) or template.path}: {problem}")
         if "preference_dataset" in out and not str(out["preference_dataset"] or "").strip() \
                 and not every.get("ai_feedback"):

@@ -20,7 +20,7 @@ from rlhf.reward.config import RewardConfig
 from rlhf.reward.metrics import classification_metrics
 from rlhf.reward.scorer import RewardScorer
 from rlhf.reward.train import train_reward_model
-from test_reward_helpers import REFUSALS, TOPICS, build_tiny_model, write_jsonl
+from test_reward_helpers import REFUSALS, TOPICS, build_tiny_classifier, build_tiny_model, write_jsonl
 
 
 def labeled_rows(n: int, seed: int = 0, names: bool = False) -> list[dict]:
@@ -326,17 +326,7 @@ def test_tune_runs_on_a_trained_classifier_with_log_probability_rewards(tiny, la
 @pytest.fixture(scope="module")
 def hf_classifier(tmp_path_factory):
     """A tiny random Hugging Face sequence classifier with named classes and its own tokenizer."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-    from rlhf import models
-    tok = models.load_tokenizer()
-    torch.manual_seed(5)
-    directory = tmp_path_factory.mktemp("hf") / "sentiment"
-    LlamaForSequenceClassification(LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
-        pad_token_id=tok.pad_token_id)).save_pretrained(directory)
-    tok.save_pretrained(directory)
-    return directory
+    return build_tiny_classifier(tmp_path_factory.mktemp("hf") / "sentiment")
 
 
 def test_an_existing_classifier_scores_the_response_alone(hf_classifier):
@@ -460,6 +450,7 @@ def test_run_local_with_a_classifier_reward_model(tiny, tmp_path, capsys, monkey
     root = tmp_path / "root"
     code = cli.main([
         "run-local", "--pipeline-root", str(root), "--model", tiny, "--parameter", "reward_model_type=classifier",
+        "--parameter", "supervised_tuning=off",  # the classifier path alone (run-local picks PPO for it)
         "--reward-model-train-steps", "2", "--reinforcement-learning-train-steps", "1",
         "--prompt-sequence-length", "64", "--target-sequence-length", "8",
         "--parameter", "reward_model_batch_size=2", "--parameter", "reinforcement_learning_batch_size=2",
@@ -470,7 +461,7 @@ def test_run_local_with_a_classifier_reward_model(tiny, tmp_path, capsys, monkey
     (run,) = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     found = find_outputs(run)
     labeled = [json.loads(line) for line in found["validate-data/labeled_data"].read_text().splitlines()]
-    assert len(labeled) == 320 and {r["label"] for r in labeled} == {0, 1}  # canonical rows
+    assert len(labeled) == 800 and {r["label"] for r in labeled} == {0, 1}  # canonical rows
     info = outputs.read_info(str(found["train-reward-model/reward_model"]))
     assert info["reward_model_type"] == "classifier" and info["labels"] == ["0", "1"]
     assert (found["tune-policy/policy_adapter"] / "adapter_config.json").exists()

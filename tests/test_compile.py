@@ -69,18 +69,19 @@ def compiled(tmp_path_factory):
 
 
 def summarize(spec: dict) -> dict:
-    """What the golden file pins: parameters, outputs, every DAG's tasks and every executor."""
-    root = spec["root"]
-    graphs = {}
-    for name, component in [("root", root), *sorted(spec["components"].items())]:
-        dag = component.get("dag")
-        if not dag:
-            continue
+    """What the golden file pins: parameters, outputs, every DAG's tasks and every executor, keyed by
+    the path of tasks from the root: kfp numbers the copies of a sub-pipeline called in several
+    branches (`comp-evaluate-model-2-2`) in an order that changes from one compile to the next."""
+    components = spec["components"]
+    graphs, executors = {}, {}
+
+    def walk(path: str, component: dict) -> None:
         tasks = {}
-        for task_name, task in sorted(dag.get("tasks", {}).items()):
+        for task_name, task in sorted(component["dag"].get("tasks", {}).items()):
             inputs = task.get("inputs", {})
+            ref = components[task["componentRef"]["name"]]
             tasks[task_name] = {
-                "component": task["componentRef"]["name"],
+                "component": re.sub(r"(-[0-9]+)+$", "", task["componentRef"]["name"]),
                 "display_name": task.get("taskInfo", {}).get("name"),
                 "after": sorted(task.get("dependentTasks", [])),
                 "condition": task.get("triggerPolicy", {}).get("condition"),
@@ -88,13 +89,18 @@ def summarize(spec: dict) -> dict:
                 "parameters": {k: _source(v) for k, v in sorted(inputs.get("parameters", {}).items())},
                 "artifacts": {k: _source(v) for k, v in sorted(inputs.get("artifacts", {}).items())},
             }
-        graphs[name] = {"inputs": sorted(component.get("inputDefinitions", {}).get("parameters", {})),
+            if "dag" in ref:
+                walk(f"{path}/{task_name}", ref)
+            else:
+                container = spec["deploymentSpec"]["executors"][ref["executorLabel"]]["container"]
+                executors[f"{path}/{task_name}"] = {
+                    "image": container["image"], "resources": container.get("resources", {}),
+                    "env": sorted(e["name"] for e in container.get("env", []))}
+        graphs[path] = {"inputs": sorted(component.get("inputDefinitions", {}).get("parameters", {})),
                         "tasks": tasks}
-    executors = {}
-    for name, executor in sorted(spec["deploymentSpec"]["executors"].items()):
-        container = executor["container"]
-        executors[name] = {"image": container["image"], "resources": container.get("resources", {}),
-                           "env": sorted(e["name"] for e in container.get("env", []))}
+
+    root = spec["root"]
+    walk("root", root)
     parameters = {name: {"type": p["parameterType"], "default": p.get("defaultValue"),
                          "optional": p.get("isOptional", False)}
                   for name, p in sorted(root["inputDefinitions"]["parameters"].items())}
@@ -202,6 +208,9 @@ def test_every_reference_in_the_graph_resolves(compiled, target):
                 assert channel in inputs.get("parameters", {}), (name, task_name, channel)
 
 
+TRAINERS = ("exec-train", "exec-tune", "exec-evaluate", "exec-supervised-fine-tuning")  # GPU tasks
+
+
 def _resources(spec: dict) -> dict[str, dict]:
     return {name: e["container"].get("resources", {}) for name, e in spec["deploymentSpec"]["executors"].items()}
 
@@ -209,7 +218,7 @@ def _resources(spec: dict) -> dict[str, dict]:
 def test_vertex_training_asks_for_the_parameterized_gpus(compiled):
     executors = compiled["vertex"]["deploymentSpec"]["executors"]
     trainers = {name: e["container"] for name, e in executors.items()
-                if name.startswith(("exec-train", "exec-tune", "exec-evaluate"))}
+                if name.startswith(TRAINERS)}
     assert trainers
     images = {c["image"].rsplit("/", 1)[1].split(":")[0] for c in trainers.values()}
     assert images == {"rlhf-gpu"}
@@ -223,10 +232,16 @@ def test_vertex_training_asks_for_the_parameterized_gpus(compiled):
 
 def test_kfp_training_asks_for_nvidia_gpus(compiled):
     resources = _resources(compiled["kfp"])
-    trainers = {name: r for name, r in resources.items()
-                if name.startswith(("exec-train", "exec-tune", "exec-evaluate"))}
-    # reward model, PPO, DPO, and the evaluation in each tuning branch (tuning_method)
-    assert len(trainers) == 5
+    trainers = {name: r for name, r in resources.items() if name.startswith(TRAINERS)}
+    # kfp copies a sub-pipeline's tasks per call: SFT once; from the base or the SFT model
+    # (supervised_tuning), the reward model trained (x2); then with a trained reward model or an
+    # existing classifier (reward_model), PPO and DPO (x4 each) and the evaluation of each (x8)
+    kinds = {}
+    for name in trainers:
+        kind = re.sub(r"(-\d+)+$", "", name)
+        kinds[kind] = kinds.get(kind, 0) + 1
+    assert kinds == {"exec-supervised-fine-tuning": 1, "exec-train-reward-model": 2, "exec-tune-policy": 4,
+                     "exec-tune-policy-dpo": 4, "exec-evaluate-model": 8}
     assert all(r["accelerator"]["resourceType"] == "nvidia.com/gpu" for r in trainers.values())
     assert "upload" not in json.dumps(compiled["kfp"]["components"])  # no Vertex-only tasks
 

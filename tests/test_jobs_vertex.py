@@ -221,12 +221,16 @@ def _compile(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def _task_values(spec: dict, component: str, params: dict) -> dict:
-    """The parameter values the compiled graph hands to the (first) task of `component`, given the
-    pipeline's parameter values: each DAG level resolved from the one above. Also the conditions
-    met on the way, as (condition, values of the group that holds it)."""
-    def walk(dag_component: dict, values: dict, conditions: list):
-        for task in dag_component.get("dag", {}).get("tasks", {}).values():
+def _task_values(spec: dict, task_path: str, params: dict) -> dict:
+    """The parameter values the compiled graph hands to the first task whose path of task names ends
+    with `task_path` (e.g. `reinforcement-learning/runs-as-job`; branches in order, If before Else),
+    given the pipeline's parameter values: each DAG level resolved from the one above. Also the
+    conditions met on the way, as (condition, values of the group that holds it). By task names, as
+    kfp numbers component copies (`comp-runs-as-job-2-2`) differently from one compile to the next."""
+    wanted = task_path.split("/")
+
+    def walk(dag_component: dict, values: dict, conditions: list, path: tuple = ()):
+        for task_name, task in sorted(dag_component.get("dag", {}).get("tasks", {}).items()):
             resolved = {}
             for name, source in task.get("inputs", {}).get("parameters", {}).items():
                 if "componentInputParameter" in source:
@@ -237,13 +241,14 @@ def _task_values(spec: dict, component: str, params: dict) -> dict:
                     resolved[name] = source  # another task's output
             condition = task.get("triggerPolicy", {}).get("condition")
             found_conditions = conditions + ([(condition, resolved)] if condition else [])
-            if task["componentRef"]["name"] == component:
-                declared = spec["components"][component]["inputDefinitions"]["parameters"]
+            if list((*path, task_name)[-len(wanted):]) == wanted:
+                declared = spec["components"][task["componentRef"]["name"]]["inputDefinitions"]["parameters"]
                 for name, value in resolved.items():  # KFP's executor hands a Python task typed values
                     if declared[name]["parameterType"] == "NUMBER_INTEGER" and isinstance(value, float):
                         resolved[name] = int(value)
                 return resolved, found_conditions
-            found = walk(spec["components"][task["componentRef"]["name"]], resolved, found_conditions)
+            found = walk(spec["components"][task["componentRef"]["name"]], resolved, found_conditions,
+                         (*path, task_name))
             if found:
                 return found
         return None
@@ -296,14 +301,17 @@ def test_a_template_compiled_for_vertex_launches_a_two_replica_custom_job(vertex
              "large_model_reference": "llama-2-7b"}
 
     # the decision step: one machine by default (in the task), a job with two
-    decide, _ = _task_values(spec, "comp-runs-as-job-2", given)
+    decide, _ = _task_values(spec, "reinforcement-learning/runs-as-job", given)
     assert runs_as_job.python_func(**decide) is False
-    decide, _ = _task_values(spec, "comp-runs-as-job-2", {**given, "reinforcement_learning_replica_count": 2})
+    decide, _ = _task_values(spec, "reinforcement-learning/runs-as-job",
+                             {**given, "reinforcement_learning_replica_count": 2})
     assert decide == {"replica_count": 2, "machine_type": ""}
     assert runs_as_job.python_func(**decide) is True
 
-    values, conditions = _task_values(spec, "comp-launch-ppo-job", {**given, "reinforcement_learning_replica_count": 2})
-    assert [c for c, _ in conditions] == [  # PPO (not DPO), then as a job
+    values, conditions = _task_values(spec, "launch-ppo-job", {**given, "reinforcement_learning_replica_count": 2})
+    assert [c for c, _ in conditions] == [  # no SFT, a trained reward model, PPO (not DPO), then as a job
+        "inputs.parameter_values['pipelinechannel--supervised_tuning'] == 'off'",
+        "inputs.parameter_values['pipelinechannel--reward_model'] == ''",
         "inputs.parameter_values['pipelinechannel--tuning_method'] != 'dpo'",
         "inputs.parameter_values['pipelinechannel--runs-as-job-Output'] == true"]
     _vertex_placeholders.root = f"{gcs_prefix}/root"

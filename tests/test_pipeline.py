@@ -21,7 +21,7 @@ from test_reward_helpers import build_tiny_model
 pytestmark = pytest.mark.slow
 
 # A 2-layer model and a few steps of everything: the point is the wiring, not the learning.
-TINY_SETTINGS = [
+STEP_SETTINGS = [
     "--reward-model-train-steps", "2", "--reinforcement-learning-train-steps", "2",
     "--prompt-sequence-length", "64", "--target-sequence-length", "8",
     "--parameter", "reward_model_batch_size=2",
@@ -29,6 +29,8 @@ TINY_SETTINGS = [
     "--parameter", 'reinforcement_learning_options={"mini_batch_size": 2, "ppo_epochs": 1}',
     "--parameter", "evaluation_batch_size=8", "--parameter", "evaluation_max_examples=8",
 ]
+# The pipeline's own path; run-local's demo adds SFT and DPO (test_run_local_defaults_...).
+TINY_SETTINGS = [*STEP_SETTINGS, "--parameter", "supervised_tuning=off", "--parameter", "tuning_method=ppo"]
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +110,26 @@ def test_pipeline_without_eval_dataset_skips_evaluation(tiny_model, quiet_tmp, t
     assert "tune-policy/policy_adapter" in outputs
     skipped = json.loads((run / "deployment-skipped" / "executor_output.json").read_text())
     assert skipped["parameterValues"] == {"model_resource_name": "", "endpoint_resource_name": ""}
+
+
+def test_run_local_defaults_fine_tune_then_tune_with_dpo_and_compare_all_three(tiny_model, quiet_tmp, tmp_path,
+                                                                               capsys):
+    """run-local's demo path (SFT on the preferred candidates, then DPO from the SFT model), with
+    step counts for a tiny model; the evaluation compares base, SFT and tuned."""
+    root = tmp_path / "root"
+    code = cli.main(["run-local", "--pipeline-root", str(root), "--model", str(tiny_model), *STEP_SETTINGS,
+                     "--parameter", 'sft_options={"sft_train_steps": 2, "batch_size": 2}',
+                     "--parameter", 'dpo_options={"gradient_accumulation_steps": 1}'])
+    stdout = capsys.readouterr().out
+    assert code == 0, stdout[-3000:]
+    outputs = find_outputs(_run_dir(root))
+    sft_model = outputs["supervised-fine-tuning/sft_model"]
+    assert (sft_model / "rlhf_sft.json").exists()
+    assert "tune-policy/policy_adapter" not in outputs  # DPO, not PPO
+    adapter = next(path for key, path in outputs.items() if key.endswith("/policy_adapter"))
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(sft_model)
+    summary = evaluation_summary(_run_dir(root)).read_text()
+    assert "tuned vs SFT vs base" in summary and "over the SFT model" in summary
 
 
 def test_the_tuned_adapter_merges_into_a_servable_model(gcs_run, tiny_model, tmp_path):

@@ -21,8 +21,9 @@ from rlhf.evaluate.config import EvalConfig
 from rlhf.pipeline_settings import GOOGLE_DEFAULTS, REINFORCEMENT_LEARNING, REWARD_MODEL, STAGES
 from rlhf.ppo.config import PPOConfig
 from rlhf.reward.config import RewardConfig
+from rlhf.sft.config import SFTConfig
 
-CONFIGS = (ValidateConfig, RewardConfig, PPOConfig, EvalConfig)
+CONFIGS = (ValidateConfig, RewardConfig, PPOConfig, EvalConfig, SFTConfig)
 
 
 @pytest.fixture(scope="module")

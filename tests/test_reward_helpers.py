@@ -46,3 +46,19 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def build_tiny_classifier(directory: Path, seed: int = 5) -> Path:
+    """A tiny random Hugging Face sequence classifier with named classes (negative, positive) and its
+    own tokenizer: an "existing classifier" to use as a reward."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from rlhf import models
+    tok = models.load_tokenizer()
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
+        pad_token_id=tok.pad_token_id)).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory

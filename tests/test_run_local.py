@@ -32,6 +32,18 @@ def test_defaults_are_the_bundled_data_its_instruction_and_the_embedded_model():
     assert values["model_display_name"] == ""
 
 
+def test_the_demo_starts_from_sft_and_tunes_with_dpo_unless_the_reward_is_a_classifier():
+    values = _values()
+    assert values["supervised_tuning"] == "preferred_candidates"
+    assert values["tuning_method"] == "dpo"
+    # A classifier reward only means something to PPO: the default follows it ...
+    assert _values("--parameter", "reward_model_type=classifier")["tuning_method"] == "ppo"
+    # ... but never overrides the user's own choice.
+    assert _values("--parameter", "reward_model_type=classifier",
+                   "--parameter", "tuning_method=dpo")["tuning_method"] == "dpo"
+    assert _values("--parameter", "tuning_method=ppo")["tuning_method"] == "ppo"
+
+
 def test_flags_and_parameters_override_the_defaults(tmp_path):
     data = tmp_path / "pref.jsonl"
     data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")

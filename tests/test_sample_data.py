@@ -77,7 +77,10 @@ def test_rows_have_exactly_the_documented_fields(data):
 
 
 def test_row_counts(data):
-    assert 140 <= len(data["preference"]) <= 160
+    # 160 posts x 10 pairs (five ranked candidates each), less identical and tied pairs: the issue
+    # asks for at least 1,000 comparisons without new posts.
+    assert 1000 <= len(data["preference"]) <= 1600
+    assert len({r["input_text"] for r in data["preference"]}) >= 155
     assert len(data["prompts"]) == 100
     assert 35 <= len(data["eval"]) <= 40
 
@@ -86,7 +89,8 @@ def test_splits_are_disjoint_by_post_and_inputs_are_the_posts(data, posts):
     texts = {p["text"] for p in posts.values()}
     sets = {name: [r["input_text"] for r in rows] for name, rows in data.items()}
     for name, inputs in sets.items():
-        assert len(set(inputs)) == len(inputs), f"{name} repeats a post"
+        if name != "preference":  # ranked: ten pairs per preference post
+            assert len(set(inputs)) == len(inputs), f"{name} repeats a post"
         assert set(inputs) <= texts, f"{name} has an input that is not a source post"
         # The instruction is a pipeline parameter, not part of the input.
         assert not any(INSTRUCTION in t for t in inputs)
@@ -122,8 +126,14 @@ def test_candidates_are_the_stored_generations(data, posts, manifest):
     by_text = {p["text"]: pid for pid, p in posts.items()}
     for row in data["preference"] + data["eval"]:
         pid = by_text[row["input_text"]]
-        assert {row["candidate_0"], row["candidate_1"]} == stored[pid]
-    assert {s["name"] for s in manifest["samplers"]} == {"t0.7", "t1.0"}
+        assert {row["candidate_0"], row["candidate_1"]} <= stored[pid]
+    for row in data["eval"]:  # eval posts keep their one pair of the first two samplers
+        assert {row["candidate_0"], row["candidate_1"]} == stored[by_text[row["input_text"]]]
+    assert [s["name"] for s in manifest["samplers"]] == ["t0.7", "t1.0", "t0.5", "t0.8", "t1.2"]
+    per_post = {}
+    for row in data["preference"]:
+        per_post.setdefault(row["input_text"], set()).update((row["candidate_0"], row["candidate_1"]))
+    assert sum(len(c) >= 4 for c in per_post.values()) >= 150  # ranked, not one pair per post
 
 
 def test_split_is_reproducible_from_the_seed(data, posts, manifest):

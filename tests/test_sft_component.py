@@ -29,14 +29,16 @@ STAGE = sft_stage("local")  # built before the pipeline that calls it (kfp build
 def sft_only(preference_uri: str, sft_uri: str, model: str) -> NamedTuple(
         "Outputs", sft_model=Model, base_model=str, preferred_model=Model):
     pref = dsl.importer(artifact_uri=preference_uri, artifact_class=Dataset, reimport=True)
+    demonstrations = dsl.importer(artifact_uri=sft_uri, artifact_class=Dataset, reimport=True)
     settings = {**SUPERVISED_FINE_TUNING.defaults(), "large_model_reference": model, "prompt_sequence_length": 32,
                 "target_sequence_length": 16}
     hardware = {"gpu_type": "NVIDIA_L4", "gpu_count": 1, "cpu_limit": "8", "memory_limit": "32G",
                 "tensorboard_resource_id": ""}
-    on_data = STAGE(preference_data=pref.output, sft_dataset=sft_uri, options=OPTIONS, **settings,
-                                 **hardware)
-    # "" (as None): the preferred candidates of the preference data
-    preferred = STAGE(preference_data=pref.output, sft_dataset="", options=OPTIONS, **settings, **hardware)
+    on_data = STAGE(preference_data=pref.output, sft_data=demonstrations.output, supervised_tuning="sft_dataset",
+                    options=OPTIONS, **settings, **hardware)
+    # the preferred candidates of the preference data (sft_data is not read)
+    preferred = STAGE(preference_data=pref.output, sft_data=demonstrations.output,
+                      supervised_tuning="preferred_candidates", options=OPTIONS, **settings, **hardware)
     outputs = NamedTuple("Outputs", sft_model=Model, base_model=str, preferred_model=Model)
     return outputs(on_data.outputs["sft_model"], on_data.outputs["base_model"], preferred.outputs["sft_model"])
 

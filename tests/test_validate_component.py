@@ -100,11 +100,12 @@ def test_component_compiles_with_its_inputs_and_outputs(tmp_path):
     assert set(component["inputDefinitions"]["parameters"]) == {
         "preference_dataset", "prompt_dataset", "eval_dataset", "instruction", "tokenizer",
         "prompt_sequence_length", "target_sequence_length", "accelerator_type", "use_labeled_preferences",
-        "labeled_dataset"}
+        "labeled_dataset", "sft_dataset"}
     assert set(component["inputDefinitions"]["artifacts"]) == {"labeled_preferences"}  # AI feedback
     outputs = {k: v["artifactType"]["schemaTitle"] for k, v in component["outputDefinitions"]["artifacts"].items()}
     assert outputs == {"preference_data": "system.Dataset", "prompt_data": "system.Dataset",
-                       "eval_data": "system.Dataset", "labeled_data": "system.Dataset", "stats": "system.Artifact",
+                       "eval_data": "system.Dataset", "labeled_data": "system.Dataset", "sft_data": "system.Dataset",
+                       "stats": "system.Artifact",
                        "metrics": "system.Metrics", "summary": "system.Markdown",
                        "summary_html": "system.HTML"}
     [executor] = spec["deploymentSpec"]["executors"].values()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from pathlib import Path
 
@@ -18,18 +19,26 @@ HELP = ("run the pipeline locally with kfp's local runner (on the bundled sample
 
 DEFAULT_ROOT = "local_outputs"
 
-# Sized to finish in about 10 minutes on 2 CPU cores with the 135M-parameter default model (the
-# pipeline's own defaults, Google's, are for GPUs). LoRA takes a larger learning rate than full
-# fine-tuning, and so few steps need it: both stages run at 10x the base rate (1e-3).
+# Sized for the 135M-parameter default model on 2 CPU cores: about 18 minutes end to end, measured
+# (README); the pipeline's own defaults, Google's, are for GPUs. LoRA takes a larger learning rate
+# than full fine-tuning, and so few steps need it: every stage runs at 10x its base rate.
 LOCAL_DEFAULTS = {
     "large_model_reference": "smollm2-135m-instruct",
+    # Start from a supervised model (Stiennon et al. 2020): fine-tuned on each training post's best
+    # ranked candidate, it is the tuning's starting policy and the reference its KL is measured against.
+    "supervised_tuning": "preferred_candidates",
+    "sft_options": {"sft_train_steps": 30, "batch_size": 8, "sft_learning_rate_multiplier": 10.0},
     "reward_model_train_steps": 24,
     "reward_model_batch_size": 4,
     "reward_model_gradient_accumulation_steps": 2,
     "reward_model_learning_rate_multiplier": 10.0,
     # Reward statistics for PPO's normalization from 64 pairs, not all of them: enough for a mean
     # and a spread, and the scoring pass would otherwise cost as much as the training.
-    "reward_model_options": {"normalization_pairs": 64},
+    "reward_model_options": {"normalization_pairs": 64, "max_heldout_pairs": 64},
+    # DPO on the judge-ranked pairs: in this budget PPO against a reward model that agrees with the
+    # judge on about 70% of pairs did not beat its SFT start (README, "Demo result"). A classifier
+    # reward needs PPO (`tuning_method_for`).
+    "tuning_method": "dpo",
     "reinforcement_learning_train_steps": 10,
     "reinforcement_learning_batch_size": 8,
     "reinforcement_learning_rate_multiplier": 10.0,
@@ -127,6 +136,11 @@ def parameter_values(args, template) -> dict:
     for name, value in overrides.items():
         values[name], sources[name] = value, f"--parameter {name}={value}"
     bundled_labeled_dataset(values, sources)
+    values["tuning_method"] = tuning_method_for(values, sources)
+    for name in ("labeled_dataset", "sft_dataset", "reward_model"):  # tasks run in other directories
+        value = values.get(name)
+        if isinstance(value, str) and value and os.path.exists(os.path.expanduser(value)):
+            values[name] = os.path.abspath(os.path.expanduser(value))
     known = template.parameters
     values = {k: v for k, v in values.items() if k in known or k in overrides}  # a foreign template
     checked = parameters.check_parameters(template, values, sources, raw_strings=overrides)
@@ -137,6 +151,16 @@ def parameter_values(args, template) -> dict:
     return checked
 
 
+def tuning_method_for(values: dict, sources: dict) -> str:
+    """run-local's DPO default learns from preference pairs only: with a classifier reward (trained or
+    existing) and no tuning_method of the user's, tune with PPO, which is what that reward is for."""
+    classifier_reward = values.get("reward_model_type") == "classifier" or bool(str(values.get("reward_model") or ""))
+    if classifier_reward and sources.get("tuning_method") == "run-local default":
+        sources["tuning_method"] = "run-local default (a classifier reward: PPO)"
+        return "ppo"
+    return values.get("tuning_method", "ppo")
+
+
 def bundled_labeled_dataset(values: dict, sources: dict) -> None:
     """A classifier reward model without its labeled data trains on the bundled labeled sample."""
     from rlhf import samples
@@ -145,21 +169,26 @@ def bundled_labeled_dataset(values: dict, sources: dict) -> None:
 
 
 def _preflight(values: dict) -> None:
-    """Check the datasets here first, so a data mistake is a clear message, not a failed task."""
+    """Check the datasets (and an existing classifier given as the reward) here first, so a mistake
+    is a clear message, not a failed task."""
     from rlhf.data.validate import ValidateConfig, run_validation
+    from rlhf.reward.existing import check_classifier
 
     report = run_validation(ValidateConfig(
         preference_dataset=values.get("preference_dataset", ""),
         prompt_dataset=values.get("prompt_dataset", ""), eval_dataset=values.get("eval_dataset", ""),
-        labeled_dataset=values.get("labeled_dataset") or "",
+        labeled_dataset=values.get("labeled_dataset") or "", sft_dataset=values.get("sft_dataset") or "",
         instruction=values.get("instruction", "")))
     if not report.ok:
         raise UserError(report.problem_text())
+    if str(values.get("reward_model") or "").strip():
+        check_classifier(values["reward_model"], str(values.get("positive_label", "")))
 
 
 def _show_plan(values: dict, root: str) -> None:
     print("rlhf run-local: the pipeline runs task by task with kfp's local runner")
     for name in ("preference_dataset", "prompt_dataset", "eval_dataset", "reward_model_type", "labeled_dataset",
+                 "supervised_tuning", "sft_dataset", "reward_model", "positive_label", "tuning_method",
                  "instruction", "large_model_reference",
                  "reward_model_train_steps", "reinforcement_learning_train_steps"):
         if name in values:
@@ -180,6 +209,9 @@ _DESCRIPTIONS = {
     "validate-data/stats": "dataset statistics (JSON)",
     "validate-data/preference_data": "preference pairs, canonical JSONL",
     "validate-data/labeled_data": "labeled responses (reward_model_type=classifier), canonical JSONL",
+    "validate-data/sft_data": "demonstrations (supervised_tuning=sft_dataset), canonical JSONL",
+    "supervised-fine-tuning/sft_model": "the SFT model (supervised_tuning): the base of every later stage",
+    "existing-reward-model/reference": "the existing classifier used as the reward (reward_model)",
     "train-reward-model/reward_model": "the trained reward model (LoRA adapter + score head)",
     "train-reward-model/metrics": "reward model metrics (JSON)",
     "tune-policy/policy_adapter": "the tuned policy: a LoRA adapter on the base model",
@@ -195,12 +227,17 @@ _DESCRIPTIONS = {
 
 
 def find_outputs(run_dir: Path) -> dict[str, Path]:
-    """Output files and directories of a finished local run, by `task/output` name."""
+    """Output files and directories of a finished local run, by `task/output` name. A task of a
+    sub-pipeline the pipeline calls in several branches (with or without SFT, a trained or an
+    existing reward model) runs under a numbered copy of its name (`tune-policy-3`): it is listed
+    under its own name, as only one branch runs."""
     out = {}
     for path in sorted(run_dir.glob("*/*")):
-        key = "/".join(path.relative_to(run_dir).parts)
-        if path.name != "executor_output.json" and not path.name.startswith("."):
-            out[key] = path
+        if path.name == "executor_output.json" or path.name.startswith("."):
+            continue
+        task = path.parent.name
+        key = f"{re.sub(r'(-[0-9]+)+$', '', task)}/{path.name}"
+        out[key if key not in out else f"{task}/{path.name}"] = path
     return out
 
 

@@ -32,7 +32,7 @@ def encoded_pairs(config: DPOConfig, tokenizer, use_chat_template: bool) -> tupl
         log.warning("truncated %d prompts to %d tokens and %d responses to %d tokens", stats.truncated_prompts,
                     config.prompt_sequence_length, stats.truncated_responses, config.target_sequence_length)
     train_idx, heldout_idx = data.split_heldout(len(encoded), config.heldout_fraction, config.max_heldout_pairs,
-                                                config.seed)
+                                                config.seed, groups=[tuple(e.prompt) for e in encoded])
     return [encoded[i] for i in train_idx], [encoded[i] for i in heldout_idx]
 
 

@@ -1,11 +1,13 @@
 """Classifier scores in evaluation (``eval_classifiers``): each classifier's probability of one
-class (say ``positive`` of a sentiment model) for the base and the tuned responses.
+class (say ``positive`` of a sentiment model) for the base and the tuned responses (and the SFT
+model's, when one is compared).
 
 A classifier is ``REF=LABEL``: ``REF`` a classifier reward model trained by ``rlhf train-reward
 --reward-model-type classifier`` or an existing Hugging Face sequence classifier (alias, local or
 ``gs://`` directory; ``rlhf.reward.scorer.load_scorer``), ``LABEL`` the class to report. Per
 classifier: the mean probability of each group, the share of responses above 0.5, the change
-(tuned minus base), and the per-prompt probabilities.
+(tuned minus base; with an SFT model also tuned minus SFT and SFT minus base), and the per-prompt
+probabilities.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from typing import Sequence
 
 from rlhf.errors import UserError
 from rlhf.evaluate import metrics as M
-
-GROUPS = ("base", "tuned")
+from rlhf.evaluate.results import groups_of
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def parse(specs: Sequence[str]) -> list[Classifier]:
 
 def probabilities(classifier: Classifier, rows, responses: dict[str, list[str]], device=None, dtype=None,
                   batch_size: int = 8) -> dict[str, list[float]]:
-    """P(label) of each group's responses ("base"/"tuned" -> one per row), the prompts as the rows give
+    """P(label) of each group's responses ("base"/"sft"/"tuned" -> one per row), the prompts as the rows give
     them (a classifier trained here reads prompt and response; an external one the response alone)."""
     from rlhf.data.canonical import prompt_messages
     from rlhf.reward.scorer import load_scorer
@@ -57,13 +58,18 @@ def probabilities(classifier: Classifier, rows, responses: dict[str, list[str]],
 
 
 def classifier_metrics(name: str, probs: dict[str, list[float]]) -> dict[str, float]:
-    """``eval/classifier/NAME/{base,tuned}_mean``, ``..._above_half`` and ``.../delta``."""
+    """``eval/classifier/NAME/{base,sft,tuned}_mean``, ``..._above_half`` and ``.../delta`` (tuned minus
+    base); with an SFT group ``.../delta_vs_sft`` and ``.../sft_delta_vs_base`` too."""
     out = {}
-    for group in GROUPS:
+    for group in groups_of(probs):
         out[f"eval/classifier/{name}/{group}_mean"] = M.mean(probs[group])
         out[f"eval/classifier/{name}/{group}_above_half"] = M.mean([float(p > 0.5) for p in probs[group]])
     out[f"eval/classifier/{name}/delta"] = (out[f"eval/classifier/{name}/tuned_mean"]
                                             - out[f"eval/classifier/{name}/base_mean"])
+    if "sft" in probs:
+        sft = out[f"eval/classifier/{name}/sft_mean"]
+        out[f"eval/classifier/{name}/delta_vs_sft"] = out[f"eval/classifier/{name}/tuned_mean"] - sft
+        out[f"eval/classifier/{name}/sft_delta_vs_base"] = sft - out[f"eval/classifier/{name}/base_mean"]
     return out
 
 

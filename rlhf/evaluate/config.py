@@ -28,6 +28,14 @@ class EvalConfig(Settings):
         "", "The base model to compare with (alias, directory, gs:// URI or Hugging Face id). Empty: the "
             "base recorded in the adapter when it resolves here, else smollm2-135m-instruct.",
         decoder_only_alias)
+    sft_comparison: bool = setting(
+        True, "When the base model is an SFT model (its directory holds the rlhf_sft.json that `rlhf sft` "
+              "writes), evaluate three models on the same prompts: the original base it was fine-tuned "
+              "from, the SFT model and the tuned policy; --no-sft-comparison compares tuned and its base only.")
+    sft_base_model: str = setting(
+        "", "The model the SFT base was fine-tuned from (alias, directory, gs:// URI or Hugging Face id): "
+            "the base model is then taken as the SFT model and this as the original base, record or not. "
+            "Empty: the one rlhf_sft.json records.", decoder_only_alias)
     reward_model: str = setting(
         "", "Trained reward model directory (from `rlhf train-reward`) to score base and tuned responses; "
             "empty to skip reward-model metrics.")
@@ -71,3 +79,6 @@ class EvalConfig(Settings):
             parse(self.eval_classifiers)
         except UserError as e:
             yield settings.Problem("eval_classifiers", self.eval_classifiers, str(e))
+        if self.sft_base_model and not self.sft_comparison:
+            yield settings.Problem("sft_base_model", self.sft_base_model,
+                                   "gives an SFT comparison that --no-sft-comparison turns off: drop one")

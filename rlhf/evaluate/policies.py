@@ -153,3 +153,17 @@ def load_policy_pair(model_ref: str, base_ref: str = "", device=None, dtype=None
     log.info("tuned = %s (full model) against a separate base %s", model_ref, base_ref)
     return PolicyPair(tuned=tuned.eval(), tokenizer=tokenizer, base_reference=base_ref,
                       separate_base=base.eval())
+
+
+def load_original_base(ref: str, sft_model: str, vocab_size: int, device=None, dtype=None):
+    """The model an SFT base was fine-tuned from (``rlhf.evaluate.lineage``), checked to share the
+    SFT model's vocabulary (``vocab_size``): all three models decode the same prompt tokens."""
+    device = models.pick_device(device) if device is None or isinstance(device, str) else device
+    model = models.load_causal_lm(ref, dtype=dtype, device=device)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if vocab != vocab_size:
+        raise UserError(f"the original base {ref} (vocabulary {vocab}) and the SFT model {sft_model} "
+                        f"(vocabulary {vocab_size}) do not share a tokenizer: pass the model the SFT model "
+                        f"was fine-tuned from (--sft-base-model), or --no-sft-comparison")
+    log.info("original base = %s (the SFT model %s was fine-tuned from it)", ref, sft_model)
+    return model.eval()

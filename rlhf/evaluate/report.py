@@ -15,24 +15,20 @@ from typing import Optional, Sequence
 from rlhf.evaluate import metrics as M
 from rlhf.evaluate.results import Results, Sample
 
-# (label, base metric, tuned metric, format, what it means)
+# (label, metric with {} for the group: base, sft, tuned; format, what it means)
 PAIRED_ROWS = [
-    ("Judge score (mean, 0-1)", "eval/judge_base_mean", "eval/judge_tuned_mean", ".3f",
+    ("Judge score (mean, 0-1)", "eval/judge_{}_mean", ".3f",
      "independent constitution judge (rlhf.judge), not the reward the policy was tuned on"),
-    ("Reward-model score (mean)", "eval/reward_base_mean", "eval/reward_tuned_mean", ".3f",
-     "raw score of the trained reward model"),
-    ("Reward-model score (std)", "eval/reward_base_std", "eval/reward_tuned_std", ".3f", ""),
-    ("Reward-model score, normalized (mean)", "eval/reward_base_normalized_mean",
-     "eval/reward_tuned_normalized_mean", ".3f", "with the reward model's saved training statistics"),
-    ("ROUGE-L F vs reference (mean)", "eval/rouge_l_base", "eval/rouge_l_tuned", ".3f",
-     "only prompts with a reference"),
-    ("Response length, tokens (mean)", "eval/length_tokens_base_mean", "eval/length_tokens_tuned_mean",
-     ".1f", "EOS included"),
-    ("Response length, words (mean)", "eval/length_words_base_mean", "eval/length_words_tuned_mean",
-     ".1f", ""),
-    ("Responses that ended with EOS", "eval/eos_base_fraction", "eval/eos_tuned_fraction", ".1%",
-     "the rest hit the token limit"),
+    ("Reward-model score (mean)", "eval/reward_{}_mean", ".3f", "raw score of the trained reward model"),
+    ("Reward-model score (std)", "eval/reward_{}_std", ".3f", ""),
+    ("Reward-model score, normalized (mean)", "eval/reward_{}_normalized_mean", ".3f",
+     "with the reward model's saved training statistics"),
+    ("ROUGE-L F vs reference (mean)", "eval/rouge_l_{}", ".3f", "only prompts with a reference"),
+    ("Response length, tokens (mean)", "eval/length_tokens_{}_mean", ".1f", "EOS included"),
+    ("Response length, words (mean)", "eval/length_words_{}_mean", ".1f", ""),
+    ("Responses that ended with EOS", "eval/eos_{}_fraction", ".1%", "the rest hit the token limit"),
 ]
+GROUP_TITLES = {"base": "Base", "sft": "SFT", "tuned": "Tuned"}
 
 # (label, metric, format, what it means)
 SINGLE_ROWS = [
@@ -40,6 +36,13 @@ SINGLE_ROWS = [
      "share of prompts where the judge scores the tuned response higher; a tie counts half"),
     ("Reward-model win rate, tuned over base", "eval/reward_win_rate", ".1%",
      "same, by the reward model; a tie counts half"),
+    # With an SFT model (rlhf.evaluate.lineage): the policy against its starting point, and SFT's own gain.
+    ("Judge win rate, tuned over SFT", "eval/judge_win_rate_vs_sft", ".1%",
+     "share of prompts where the judge scores the tuned response above the SFT model's; a tie counts half"),
+    ("Judge win rate, SFT over base", "eval/judge_sft_win_rate_vs_base", ".1%",
+     "share of prompts where the judge scores the SFT model's response above the base's"),
+    ("Reward-model win rate, tuned over SFT", "eval/reward_win_rate_vs_sft", ".1%", "same, by the reward model"),
+    ("Reward-model win rate, SFT over base", "eval/reward_sft_win_rate_vs_base", ".1%", ""),
     ("KL(tuned || base) per token", "eval/kl", ".4f",
      "mean log-ratio log π_tuned − log π_base over the tuned responses' tokens (k1)"),
     ("KL(tuned || base) per response", "eval/kl_seq", ".4f", "k1 summed over each response, averaged"),
@@ -65,7 +68,7 @@ CURVES = [
     ("KL from the reference over PPO training", ["policy/kl"], "KL per response"),
 ]
 
-COLORS = {"base": "#8c8c8c", "tuned": "#1a73e8"}
+COLORS = {"base": "#8c8c8c", "sft": "#e8710a", "tuned": "#1a73e8"}
 SERIES_COLORS = ["#1a73e8", "#e8710a", "#188038", "#9334e6"]
 
 
@@ -226,26 +229,41 @@ def _delta_cell(base: Optional[float], tuned: Optional[float], spec: str) -> str
     return f'<td class="num {cls}">{format(d, "+" + spec)}</td>'
 
 
-def _metric_tables(m: dict[str, float]) -> str:
+def _group_cells(values: dict[str, Optional[float]], spec: str) -> str:
+    """One cell per group, then the change of tuned over base (and over SFT when there is one)."""
+    cells = "".join(f"<td class='num'>{_fmt(v, spec)}</td>" for v in values.values())
+    cells += _delta_cell(values["base"], values["tuned"], spec)
+    if "sft" in values:
+        cells += _delta_cell(values["sft"], values["tuned"], spec)
+    return cells
+
+
+def _kl_label(text: str, groups: Sequence[str]) -> str:
+    """KL is measured against the tuned policy's reference: the SFT model when there is one."""
+    return text.replace("|| base", "|| SFT").replace("π_base", "π_SFT") if "sft" in groups else text
+
+
+def _metric_tables(m: dict[str, float], groups: Sequence[str] = ("base", "tuned")) -> str:
     e = html.escape
     rows = []
-    for label, kb, kt, spec, note in PAIRED_ROWS:
-        if kb in m or kt in m:
-            b, t = m.get(kb), m.get(kt)
-            rows.append(f"<tr><td>{e(label)}</td><td class='num'>{_fmt(b, spec)}</td>"
-                        f"<td class='num'>{_fmt(t, spec)}</td>{_delta_cell(b, t, spec)}"
-                        f"<td class='note'>{e(note)}</td></tr>")
+    for label, key, spec, note in PAIRED_ROWS:
+        if any(key.format(g) in m for g in groups):
+            values = {g: m.get(key.format(g)) for g in groups}
+            rows.append(f"<tr><td>{e(label)}</td>{_group_cells(values, spec)}<td class='note'>{e(note)}</td></tr>")
     for name in classifier_names(m):
         for what, suffix, spec in (("mean probability", "mean", ".3f"), ("share above 0.5", "above_half", ".1%")):
-            b, t = m.get(f"eval/classifier/{name}/base_{suffix}"), m.get(f"eval/classifier/{name}/tuned_{suffix}")
-            rows.append(f"<tr><td>Classifier {e(name)}: {what}</td><td class='num'>{_fmt(b, spec)}</td>"
-                        f"<td class='num'>{_fmt(t, spec)}</td>{_delta_cell(b, t, spec)}"
+            values = {g: m.get(f"eval/classifier/{name}/{g}_{suffix}") for g in groups}
+            rows.append(f"<tr><td>Classifier {e(name)}: {what}</td>{_group_cells(values, spec)}"
                         f"<td class='note'>P(class) by an evaluation classifier (eval_classifiers)</td></tr>")
-    paired = ("<table><tr><th>Metric</th><th>Base</th><th>Tuned</th><th>Change</th><th>Note</th></tr>"
+    heads = "".join(f"<th>{GROUP_TITLES[g]}</th>" for g in groups) + "<th>Change</th>"
+    heads += "<th>Change vs SFT</th>" if "sft" in groups else ""
+    paired = (f"<table><tr><th>Metric</th>{heads}<th>Note</th></tr>"
               + "".join(rows) + "</table>") if rows else ""
     rows = []
     for label, key, spec, note in SINGLE_ROWS:
         if key in m:
+            if key.startswith("eval/kl"):
+                label, note = _kl_label(label, groups), _kl_label(note, groups)
             rows.append(f"<tr><td>{e(label)}</td><td class='num'>{_fmt(m[key], spec)}</td>"
                         f"<td class='note'>{e(note)}</td><td><code>{e(key)}</code></td></tr>")
     single = ("<table><tr><th>Metric</th><th>Value</th><th>Note</th><th>Name</th></tr>"
@@ -260,16 +278,18 @@ def classifier_names(m: dict[str, float]) -> list[str]:
 
 
 def _judge_rules_table(rules: dict[str, dict[str, float]]) -> str:
-    """Mean score of each constitution rule, base and tuned: what the judge rewards and penalizes."""
+    """Mean score of each constitution rule, per model: what the judge rewards and penalizes."""
     if not rules.get("base") or not rules.get("tuned"):
         return ""
     e = html.escape
-    rows = "".join(f"<tr><td>{e(rule)}</td><td class='num'>{rules['base'][rule]:.3f}</td>"
-                   f"<td class='num'>{rules['tuned'].get(rule, float('nan')):.3f}</td>"
-                   f"{_delta_cell(rules['base'][rule], rules['tuned'].get(rule), '.3f')}</tr>"
+    groups = [g for g in GROUP_TITLES if g in rules]
+    rows = "".join(f"<tr><td>{e(rule)}</td>"
+                   + _group_cells({g: rules[g].get(rule, float("nan")) for g in groups}, ".3f") + "</tr>"
                    for rule in rules["base"])
-    return ("<h2>Judge rules (mean score per principle)</h2><table><tr><th>Rule</th><th>Base</th>"
-            "<th>Tuned</th><th>Change</th></tr>" + rows + "</table>")
+    heads = "".join(f"<th>{GROUP_TITLES[g]}</th>" for g in groups) + "<th>Change</th>"
+    heads += "<th>Change vs SFT</th>" if "sft" in groups else ""
+    return ("<h2>Judge rules (mean score per principle)</h2><table><tr><th>Rule</th>" + heads + "</tr>"
+            + rows + "</table>")
 
 
 def _notes_html(notes: Sequence[str]) -> str:
@@ -288,11 +308,22 @@ def _score_line(judge: Optional[float], reward: Optional[float]) -> str:
     return " · ".join(bits)
 
 
+def _sides(s: Sample) -> list[tuple[str, str, Optional[float], Optional[float], list[str]]]:
+    """(group, response, judge, reward, judge notes) of each model shown: base, SFT if any, tuned."""
+    sides = [("base", s.base, s.judge_base, s.reward_base, s.judge_notes_base)]
+    if s.sft is not None:
+        sides.append(("sft", s.sft, s.judge_sft, s.reward_sft, s.judge_notes_sft))
+    return sides + [("tuned", s.tuned, s.judge_tuned, s.reward_tuned, s.judge_notes_tuned)]
+
+
 def _winner(s: Sample) -> Optional[str]:
-    """Which side the judge (else the reward model) prefers, for highlighting."""
-    for b, t in ((s.judge_base, s.judge_tuned), (s.reward_base, s.reward_tuned)):
-        if b is not None and t is not None:
-            return "tuned" if t > b else ("base" if b > t else None)
+    """Which side the judge (else the reward model) prefers, for highlighting; None on a tie at the top."""
+    for k in (2, 3):  # judge, then reward
+        scored = [(side[k], side[0]) for side in _sides(s)]
+        if all(score is not None for score, _ in scored):
+            best = max(score for score, _ in scored)
+            top = [group for score, group in scored if score == best]
+            return top[0] if len(top) == 1 else None
     return None
 
 
@@ -303,22 +334,23 @@ def _samples_html(samples: Sequence[Sample]) -> str:
         win = _winner(s)
         ref = (f"<details><summary>Reference</summary><pre>{e(s.reference)}</pre></details>"
                if s.reference else "")
+        sides = _sides(s)
+        # Three columns inline: the stylesheet (and so a two-model report) stays as it was.
+        grid = ' style="grid-template-columns:1fr 1fr 1fr"' if len(sides) == 3 else ""
         out.append(
             f'<div class="sample"><b>Prompt {i}</b><div class="prompt"><pre>{e(s.prompt)}</pre></div>{ref}'
-            f'<div class="side">'
-            f'<div class="{"win" if win == "base" else ""}"><b>Base</b> '
-            f'<span class="scores">{e(_score_line(s.judge_base, s.reward_base))}</span><pre>{e(s.base)}</pre>'
-            f'{_notes_html(s.judge_notes_base)}</div>'
-            f'<div class="{"win" if win == "tuned" else ""}"><b>Tuned</b> '
-            f'<span class="scores">{e(_score_line(s.judge_tuned, s.reward_tuned))}</span><pre>{e(s.tuned)}</pre>'
-            f'{_notes_html(s.judge_notes_tuned)}</div>'
-            f"</div></div>")
+            f'<div class="side"{grid}>'
+            + "".join(f'<div class="{"win" if win == group else ""}"><b>{GROUP_TITLES[group]}</b> '
+                      f'<span class="scores">{e(_score_line(judge, reward))}</span><pre>{e(text)}</pre>'
+                      f'{_notes_html(notes)}</div>' for group, text, judge, reward, notes in sides)
+            + "</div></div>")
     return "".join(out)
 
 
 # The numbers a reader wants first: (label, metric, format, show the sign)
 HEADLINE = [
     ("Judge win rate", "eval/judge_win_rate", ".1%", False),
+    ("Judge win rate over SFT", "eval/judge_win_rate_vs_sft", ".1%", False),
     ("Judge score change", "eval/judge_delta", "+.3f", True),
     ("Reward-model score change", "eval/reward_delta", "+.3f", True),
     ("KL per token", "eval/kl", ".4f", False),
@@ -340,16 +372,17 @@ def _headline(m: dict[str, float]) -> str:
 def render_html(data: Results) -> str:
     """The whole report as one HTML document."""
     e = html.escape
+    sft = "sft" in data.groups
+    title = "RLHF evaluation: tuned vs SFT vs base" if sft else "RLHF evaluation: tuned vs base"
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-             "<title>RLHF evaluation: tuned vs base</title>", f"<style>{CSS}</style></head><body>",
-             "<h1>RLHF evaluation: tuned vs base</h1>"]
+             f"<title>{title}</title>", f"<style>{CSS}</style></head><body>", f"<h1>{title}</h1>"]
     if data.alarm:
         parts.append(f'<div class="alarm" role="alert">&#9888; {e(data.alarm)}</div>')
     parts.append(_headline(data.metrics))
     if data.info:
         parts.append("<table class='info'>" + "".join(
             f"<tr><td><b>{e(k)}</b></td><td>{e(str(v))}</td></tr>" for k, v in data.info.items()) + "</table>")
-    parts.append("<h2>Metrics</h2>" + _metric_tables(data.metrics))
+    parts.append("<h2>Metrics</h2>" + _metric_tables(data.metrics, data.groups))
     parts.append(_judge_rules_table(data.judge_rules))
     if data.notes:
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in data.notes) + "</ul>")
@@ -374,7 +407,8 @@ def render_html(data: Results) -> str:
         parts.append("<h2>Training curves</h2><div class='charts'>" + "".join(curves) + "</div>")
 
     if data.samples:
-        parts.append(f"<h2>Samples ({len(data.samples)} prompts, base and tuned side by side)</h2>"
+        shown = "base, SFT and tuned" if sft else "base and tuned"
+        parts.append(f"<h2>Samples ({len(data.samples)} prompts, {shown} side by side)</h2>"
                      "<p class='scores'>The response the judge prefers is outlined.</p>")
         parts.append(_samples_html(data.samples))
     parts.append("</body></html>")
@@ -390,15 +424,43 @@ def _md(m: dict[str, float], key: str, spec: str) -> Optional[str]:
     return None if v is None or math.isnan(v) else format(v, spec)
 
 
+def _sft_lines(m: dict[str, float]) -> list[str]:
+    """The win rate over the SFT model on its own line, then the SFT model's row against the base."""
+    lines = []
+    if _md(m, "eval/judge_win_rate_vs_sft", ".1%"):
+        lines.append(f"- Judge win rate over the SFT model (tuned over SFT, ties count half): "
+                     f"**{_md(m, 'eval/judge_win_rate_vs_sft', '.1%')}**")
+    if _md(m, "eval/reward_win_rate_vs_sft", ".1%"):
+        lines.append(f"- Reward-model win rate over the SFT model: {_md(m, 'eval/reward_win_rate_vs_sft', '.1%')}")
+    bits = []
+    for label, key, win, spec in (("judge", "eval/judge_sft_mean", "eval/judge_sft_win_rate_vs_base", ".3f"),
+                                  ("reward-model score", "eval/reward_sft_mean",
+                                   "eval/reward_sft_win_rate_vs_base", ".3f"),
+                                  ("ROUGE-L", "eval/rouge_l_sft", None, ".3f"),
+                                  ("words", "eval/length_words_sft_mean", None, ".1f")):
+        if _md(m, key, spec):
+            bits.append(f"{label} {_md(m, key, spec)}"
+                        + (f" (win rate over base {_md(m, win, '.1%')})" if win and _md(m, win, ".1%") else ""))
+    for name in classifier_names(m):
+        if _md(m, f"eval/classifier/{name}/sft_mean", ".3f"):
+            bits.append(f"classifier {name} {_md(m, f'eval/classifier/{name}/sft_mean', '.3f')}")
+    if bits:
+        lines.append("- SFT model (the tuned policy's starting point): " + ", ".join(bits))
+    return lines
+
+
 def render_markdown(data: Results) -> str:
     """A short summary: judge win rate, KL, reward change, and the alarm if raised."""
     m = data.metrics
     n = int(m.get("eval/num_prompts", 0))
-    lines = [f"## Evaluation: tuned vs base on {n} eval prompts", ""]
+    sft = "sft" in data.groups
+    lines = [f"## Evaluation: tuned vs {'SFT vs ' if sft else ''}base on {n} eval prompts", ""]
     if data.alarm:
         lines += [f"> **WARNING: {data.alarm}**", ""]
     if _md(m, "eval/judge_win_rate", ".1%"):
         lines.append(f"- Judge win rate (tuned over base, ties count half): **{_md(m, 'eval/judge_win_rate', '.1%')}**")
+    if sft:
+        lines += _sft_lines(m)
     if _md(m, "eval/judge_tuned_mean", ".3f"):
         lines.append(f"- Judge score: {_md(m, 'eval/judge_base_mean', '.3f')} → "
                      f"{_md(m, 'eval/judge_tuned_mean', '.3f')} ({_md(m, 'eval/judge_delta', '+.3f')})")
@@ -408,7 +470,7 @@ def render_markdown(data: Results) -> str:
                      f"reward-model win rate {_md(m, 'eval/reward_win_rate', '.1%')}"
                      + (f" ({data.info['Reward score']})" if "Reward score" in (data.info or {}) else ""))
     if _md(m, "eval/kl", ".4f"):
-        lines.append(f"- KL(tuned ‖ base): {_md(m, 'eval/kl', '.4f')} per token, "
+        lines.append(f"- KL(tuned ‖ {'SFT' if sft else 'base'}): {_md(m, 'eval/kl', '.4f')} per token, "
                      f"{_md(m, 'eval/kl_seq', '.3f')} per response (exact next-token KL "
                      f"{_md(m, 'eval/kl_full', '.4f')} per token)")
     if _md(m, "eval/rouge_l_tuned", ".3f"):

@@ -8,8 +8,14 @@
 
 Outputs (`EvalOutputs.in_dir(output_dir)`):
     predictions/base.jsonl, predictions/tuned.jsonl   Google bulk-inferrer rows
-    predictions/scores.jsonl                          per prompt: both responses and every score
+    predictions/sft.jsonl                             the same, when an SFT model is compared
+    predictions/scores.jsonl                          per prompt: every response and every score
     report.html, summary.md, metrics.json
+
+When the tuned policy's base is an SFT model (``rlhf.evaluate.lineage``: its directory records the
+model it was fine-tuned from), three models answer the same prompts with the same decoding and seed:
+the original base ("base"), the SFT model ("sft", the tuned policy's KL reference) and the tuned
+policy; metrics and win rates come for each (``results.sft_comparisons``).
 
 On several devices (``--devices``, ``rlhf.launch``) every process loads the models and takes its
 share of the prompts: whole generation batches, dealt in turn (the batches one process would form,
@@ -39,6 +45,8 @@ from rlhf.evaluate.config import EvalConfig
 from rlhf.evaluate.data import load_eval_examples
 from rlhf.evaluate.history import read_history
 from rlhf.evaluate.inference import GenerationSettings, generate, prediction_row, write_predictions
+from rlhf.evaluate.lineage import find_lineage
+from rlhf.evaluate.policies import choose_base_reference, find_adapter_dir
 from rlhf.evaluate.results import RewardScores, compute_results, describe_run
 
 log = logging.getLogger(__name__)
@@ -144,13 +152,17 @@ def generation_share(prompts: list[list[int]], batch_size: int) -> list[int]:
     return [i for batch in batches[distributed.rank()::distributed.world_size()] for i in batch]
 
 
-def bulk_inference(config: EvalConfig, rows: list[canonical.EvalExample], device=None):
+def bulk_inference(config: EvalConfig, rows: list[canonical.EvalExample], device=None, base_ref: str = "",
+                   lineage=None):
     """Responses of the tuned model (KL measured on the way) and of the base, for every row (on
     several processes: each generates its share, ``generation_share``, and all get every response).
     Returns ({"base": [Generation], "tuned": [...]}, KLResult or None, base reference, timings); the
-    models are freed when it returns."""
+    models are freed when it returns. ``base_ref``: the base when already chosen (else
+    ``config.large_model_reference``, else the adapter's). With ``lineage``
+    (`rlhf.evaluate.lineage.SFTLineage`) the base is the SFT model, "sft", and the original base is
+    loaded once the pair is freed and generates "base": {"base", "sft", "tuned"}."""
     from rlhf.evaluate import kl as K
-    from rlhf.evaluate.policies import load_policy_pair
+    from rlhf.evaluate.policies import load_original_base, load_policy_pair
 
     plan = None
     if config.large_model_reference:  # refuse a base that cannot fit before loading it (CUDA only)
@@ -159,9 +171,16 @@ def bulk_inference(config: EvalConfig, rows: list[canonical.EvalExample], device
             "evaluation", config.large_model_reference, memory_plan.Workload.from_configs(evaluation=config),
             models.pick_device(device) if device is None or isinstance(device, str) else device,
             distributed.world_size(), can_shard=True)
-    pair = load_policy_pair(config.model, config.large_model_reference, device=device or config.device or None,
-                            dtype=config.dtype)
-    if (config.shard_base or bool(plan and plan.strategy == "sharded")) and pair.shard(device):
+    wants_shard = config.shard_base or bool(plan and plan.strategy == "sharded")
+    if lineage is not None and wants_shard and distributed.active():
+        # Three sharded models would need the lockstep rounds for the original base too: untested, so refused.
+        raise UserError(f"the base {lineage.sft_model} is an SFT model, and comparing it with its original base "
+                        f"{lineage.original_base} is not supported with a sharded base (--shard-base, or a base "
+                        f"too large for one device): pass --no-sft-comparison to compare tuned with the SFT "
+                        f"model only, or run on devices that hold the base whole")
+    pair = load_policy_pair(config.model, base_ref or config.large_model_reference,
+                            device=device or config.device or None, dtype=config.dtype)
+    if wants_shard and pair.shard(device):
         log.info("models sharded over %d processes (FSDP2)", distributed.world_size())
     prompts = [encoding.encode_prompt(pair.tokenizer, canonical.prompt_messages(r),
                                     max_length=config.prompt_sequence_length) for r in rows]
@@ -180,18 +199,34 @@ def bulk_inference(config: EvalConfig, rows: list[canonical.EvalExample], device
     tuned = generate(pair.tuned, pair.tokenizer, [prompts[i] for i in mine], settings, label="tuned",
                      on_batch=on_batch, keep_logits=config.measure_kl, **lockstep)
     t1 = time.perf_counter()
+    base_name = "base" if lineage is None else "sft"  # the pair's base is the SFT model when there is one
     with pair.base() as base_model:
-        base = generate(base_model, pair.tokenizer, [prompts[i] for i in mine], settings, label="base",
+        base = generate(base_model, pair.tokenizer, [prompts[i] for i in mine], settings, label=base_name,
                         **lockstep)
     t2 = time.perf_counter()
-    timing = {"time/eval_generation_tuned_s": t1 - t0, "time/eval_generation_base_s": t2 - t1}
+    timing = {"time/eval_generation_tuned_s": t1 - t0, f"time/eval_generation_{base_name}_s": t2 - t1}
     if distributed.active():  # every process's responses, in the prompts' order; the KL of all
         tuned = distributed.gather_in_order(zip(mine, tuned), len(prompts))
         base = distributed.gather_in_order(zip(mine, base), len(prompts))
         for other in distributed.gather(accumulator):  # by example index: its own share again is a no-op
             accumulator.merge(other)
     kl = accumulator.result() if config.measure_kl else None
-    return {"base": base, "tuned": tuned}, kl, pair.base_reference, timing
+    if lineage is None:
+        return {"base": base, "tuned": tuned}, kl, pair.base_reference, timing
+
+    # The original base, loaded only now and alone: the pair (and the KL hook holding it) is freed first.
+    tokenizer, base_reference = pair.tokenizer, pair.base_reference
+    vocab = pair.tuned.get_input_embeddings().weight.shape[0]
+    pair = measure = on_batch = base_model = None
+    gc.collect()
+    original = load_original_base(lineage.original_base, lineage.sft_model, vocab,
+                                  device=device or config.device or None, dtype=config.dtype)
+    t3 = time.perf_counter()
+    first = generate(original, tokenizer, [prompts[i] for i in mine], settings, label="base")
+    timing["time/eval_generation_base_s"] = time.perf_counter() - t3
+    if distributed.active():
+        first = distributed.gather_in_order(zip(mine, first), len(prompts))
+    return {"base": first, "sft": base, "tuned": tuned}, kl, base_reference, timing
 
 
 def _history_source(config: EvalConfig) -> str:
@@ -225,11 +260,16 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> Optio
     if config.reward_model:
         from rlhf.reward.outputs import read_info
         read_info(config.reward_model)  # not a reward model directory: fail before generating
+    base_ref = choose_base_reference(config.model, config.large_model_reference, find_adapter_dir(config.model))
+    lineage, lineage_note = find_lineage(config, base_ref)  # the base is an SFT model: compare three
     _, world, device = distributed.init(config.device or None)  # several processes: one GPU each
     log.info("evaluating %s on %d eval prompts from %s; world size %d", config.model, len(rows),
              config.eval_dataset, world)
+    if lineage is not None:
+        log.info("the base %s is an SFT model of %s: evaluating base, SFT and tuned", lineage.sft_model,
+                 lineage.original_base)
 
-    gens, kl, base_reference, timing = bulk_inference(config, rows, device)
+    gens, kl, base_reference, timing = bulk_inference(config, rows, device, base_ref, lineage)
     gc.collect()  # the policy is gone: free its memory before the reward model loads
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -254,13 +294,15 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> Optio
         return None
 
     results = compute_results(rows, gens, kl=kl, reward=reward, verdicts=verdicts, timing=timing,
-                              info=describe_run(config, base_reference, history_uri, kl is not None),
+                              info=describe_run(config, base_reference, history_uri, kl is not None, lineage),
                               history=history, num_samples=config.num_report_samples, classifiers=classifiers)
+    if lineage_note:
+        results.notes.append(lineage_note)
     if results.alarm:
         _loud(results.alarm)
     summary = R.render_markdown(results)
 
-    for name in ("base", "tuned"):
+    for name in gens:  # base.jsonl, sft.jsonl (an SFT model compared), tuned.jsonl
         write_predictions(storage.join(outputs.predictions_dir, f"{name}.jsonl"), (
             prediction_row(canonical.prompt_text(r), t, r.reference or "") for r, t in zip(rows, texts[name])))
     write_predictions(storage.join(outputs.predictions_dir, "scores.jsonl"), results.per_prompt)

@@ -86,8 +86,11 @@ def launch_ppo(launch: Launch, settings: Mapping[str, Any], options: Optional[Ma
                prompt_data, reward_model, policy_adapter, tensorboard_logs, samples,
                interval_s: Optional[float] = None) -> tuple[dict[str, float], str]:
     """Run the PPO stage as a job; returns (summary metrics, base model)."""
+    from rlhf.reward.existing import reward_settings
+    # a trained reward model, or the reference to an existing classifier (read here, once)
+    reward = reward_settings(stages.remote(reward_model.uri, "reward_model"), resolve=False)
     job = stages.ppo_job(image=launch.image, hardware=launch.hardware, prompt_data=prompt_data.uri,
-                         reward_model=reward_model.uri, policy_adapter=policy_adapter.uri,
-                         settings=settings, options=options)
+                         reward_model=reward["reward_model"], policy_adapter=policy_adapter.uri,
+                         settings=settings, options=options, positive_label=reward["positive_label"])
     launch.run(job, stages.remote(policy_adapter.uri, "policy_adapter"), interval_s=interval_s)
     return stages.ppo_results(policy_adapter.uri, policy_adapter.path, tensorboard_logs.path, samples.path)

@@ -136,12 +136,13 @@ def reward_results(reward_model: str) -> tuple[dict[str, float], Optional[list]]
 # -- reinforcement learning --------------------------------------------------------------------------
 
 def ppo_job(*, image: str, hardware: Hardware, prompt_data: str, reward_model: str, policy_adapter: str,
-            settings: Mapping[str, Any], options: Optional[Mapping[str, Any]]) -> StageJob:
-    """The PPO stage as a job: `rlhf tune` with its run directory beside the adapter artifact."""
+            settings: Mapping[str, Any], options: Optional[Mapping[str, Any]], positive_label: str = "") -> StageJob:
+    """The PPO stage as a job: `rlhf tune` with its run directory beside the adapter artifact.
+    `positive_label`: the class of an existing classifier `reward_model` (rlhf.reward.existing)."""
     from rlhf.pipeline_settings import REINFORCEMENT_LEARNING
     config = REINFORCEMENT_LEARNING.build({
         **settings, "prompt_dataset": remote(prompt_data, "prompt_data"),
-        "reward_model": remote(reward_model, "reward_model"),
+        "reward_model": remote(reward_model, "reward_model"), "positive_label": positive_label,
         "output_dir": run_dir_beside(remote(policy_adapter, "policy_adapter"))}, options)
     _check(config, hardware)
     return StageJob("reinforcement-learning", image, command_line("tune", config), hardware, job_environment())

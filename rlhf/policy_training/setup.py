@@ -51,10 +51,12 @@ def train_timed(trainer) -> dict[str, float]:
     return summary
 
 
-def publish_policy(run: RunDir, layout: OutputLayout, model: SharedBaseModel, config, tokenizer, info: dict) -> None:
-    """Write the policy adapter, and the merged model when ``config.save_merged_model``, then
-    ``summary.json`` = ``info`` last (``RunDir.publish``: a directory that has it is complete)."""
+def publish_policy(run: RunDir, layout: OutputLayout, model: SharedBaseModel, config, tokenizer, info: dict,
+                   merged_records: Optional[dict[str, dict]] = None) -> None:
+    """Write the policy adapter, and the merged model (with ``merged_records``, file name -> JSON) when
+    ``config.save_merged_model``, then ``summary.json`` = ``info`` last (``RunDir.publish``: a
+    directory that has it is complete)."""
     with run.publish(SUMMARY_FILE, info):
         save_policy_adapter(model, layout.adapter_dir, config, config.large_model_reference, tokenizer)
         if config.save_merged_model:
-            save_merged_model(model, layout.merged_dir, tokenizer)  # consumes the model: last
+            save_merged_model(model, layout.merged_dir, tokenizer, merged_records)  # consumes the model: last

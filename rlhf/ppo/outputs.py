@@ -102,14 +102,18 @@ def save_policy_adapter(model, uri: str, config, base_model: str, tokenizer) -> 
         publish_dir(out, uri)
 
 
-def save_merged_model(model, uri: str, tokenizer) -> None:
+def save_merged_model(model, uri: str, tokenizer, records: Optional[dict[str, dict]] = None) -> None:
     """The policy merged into the base weights, ready for serving. Consumes ``model`` (the merge
-    rewrites the shared base weights, so the reference is gone): call it last."""
+    rewrites the shared base weights, so the reference is gone): call it last. ``records``: file name
+    -> JSON written into the directory with the weights (e.g. ``rlhf.sft.provenance``'s record)."""
     from rlhf.ppo.policy import POLICY
     merged = model.peft.merge_and_unload(adapter_names=[POLICY])
     with tempfile.TemporaryDirectory(prefix="rlhf-merged-") as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        for name, record in (records or {}).items():
+            with open(os.path.join(tmp, name), "w") as f:
+                json.dump(record, f, indent=2, sort_keys=True)
         publish_dir(tmp, uri)
 
 

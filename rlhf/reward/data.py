@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 import tempfile
-from typing import Sequence
+from typing import Hashable, Optional, Sequence
 
 import numpy as np
 
@@ -115,13 +115,31 @@ def load_labeled(uri: str, instruction: str = "") -> list[LabeledExample]:
     return rows
 
 
-def split_heldout(n: int, fraction: float, cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_heldout(n: int, fraction: float, cap: int, seed: int,
+                  groups: Optional[Sequence[Hashable]] = None) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, held-out indices): a seeded random ``fraction`` (at most ``cap``), at least
-    one pair left for training."""
+    one item left for training. With ``groups`` (a key per item, e.g. its prompt) whole groups are
+    held out, so no held-out item shares a prompt with a training one: ranked feedback gives many
+    pairs per prompt, and a split through them would measure memory, not generalization. Distinct
+    keys give exactly the ungrouped split."""
     rng = np.random.default_rng([seed, 7])
-    perm = rng.permutation(n)
     k = min(int(round(n * fraction)), cap, n - 1)
-    return np.sort(perm[k:]), np.sort(perm[:k])
+    if groups is None:
+        perm = rng.permutation(n)
+        return np.sort(perm[k:]), np.sort(perm[:k])
+    members: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(groups):
+        members.setdefault(key, []).append(i)
+    keys = list(members)  # first-appearance order
+    heldout: list[int] = []
+    for j in rng.permutation(len(keys)):
+        if len(heldout) >= k:
+            break
+        group = members[keys[j]]
+        if len(heldout) + len(group) <= k:  # a group that would overshoot waits for a smaller one
+            heldout.extend(group)
+    held = np.array(sorted(heldout), dtype=int)
+    return np.setdiff1d(np.arange(n), held), held
 
 
 def split_stratified(labels: Sequence[int], fraction: float, cap: int,

@@ -51,8 +51,12 @@ class ClassifierScorer:
     def logits(self, responses: Sequence[str]) -> np.ndarray:
         """[N, classes] for the responses, batched."""
         out = np.empty((len(responses), len(self.labels)))
+        # An empty response is read as the end-of-text token: a batch of only empty responses would
+        # otherwise be zero tokens long, which the model cannot run.
+        empty = self.tokenizer.eos_token or ""
         for start in range(0, len(responses), self.batch_size):
-            batch = self.tokenizer(list(responses[start:start + self.batch_size]), padding=True, truncation=True,
+            texts = [text or empty for text in responses[start:start + self.batch_size]]
+            batch = self.tokenizer(texts, padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt").to(self.device)
             out[start:start + len(batch["input_ids"])] = self.model(**batch).logits.float().cpu().numpy()
         return out

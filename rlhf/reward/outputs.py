@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -133,6 +134,8 @@ def local_copy(model_dir: str) -> str:
     if not storage.is_gcs(model_dir):
         return model_dir
     local = tempfile.mkdtemp(prefix="rlhf-reward-model-")
+    # The process reads it for its whole life (a scorer may reload it); gone when the process ends.
+    atexit.register(shutil.rmtree, local, ignore_errors=True)
     storage.download_dir(model_dir, local)
     return local
 

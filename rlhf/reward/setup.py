@@ -118,7 +118,8 @@ def prepare(config: RewardConfig) -> RewardSetup:
                                                        config.max_heldout_pairs, config.seed)
     else:
         train_idx, heldout_idx = data.split_heldout(len(encoded), config.heldout_fraction,
-                                                    config.max_heldout_pairs, config.seed)
+                                                    config.max_heldout_pairs, config.seed,
+                                                    groups=[tuple(e.prompt) for e in encoded])
     train_set = [encoded[i] for i in train_idx]
     eval_sets = {"heldout": [encoded[i] for i in heldout_idx], "eval": eval_encoded}
     unit = "examples" if config.classifier else "pairs"

@@ -5,7 +5,8 @@ KL is measured against (Stiennon et al. 2020, section 3.1; Ouyang et al. 2022, s
 Modules, one concept each: ``config`` (SFTConfig), ``data`` (the demonstrations: an sft dataset, or
 the preferred candidates of preference data), ``batching`` (examples as policy rows, the loss),
 ``trainer`` (the step on the loop shared with DPO, ``rlhf.policy_training``), ``run``
-(``train_sft``: data, model, loop, outputs). The outputs are PPO's layout (``rlhf.ppo.outputs``)
+(``train_sft``: data, model, loop, outputs), ``provenance`` (``rlhf_sft.json`` in the merged model: the
+base it was fine-tuned from, read by evaluation). The outputs are PPO's layout (``rlhf.ppo.outputs``)
 with ``merged_model/``, the directory later steps take as their base model.
 """
 

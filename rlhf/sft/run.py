@@ -20,6 +20,7 @@ from rlhf.reward.setup import set_seed
 from rlhf.sft.batching import encode_examples
 from rlhf.sft.config import SFTConfig
 from rlhf.sft.data import load_examples
+from rlhf.sft.provenance import RECORD_FILE, sft_record
 from rlhf.sft.trainer import SFTTrainer
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def encoded_examples(config: SFTConfig, examples: list, tokenizer, use_chat_temp
         raise UserError(f"{len(encoded)} demonstration(s): too few to hold any out; give more, or "
                         "--heldout-fraction 0")
     train_idx, heldout_idx = split_heldout(len(encoded), config.heldout_fraction, config.max_heldout_examples,
-                                           config.seed)
+                                           config.seed, groups=[tuple(e.prompt) for e in encoded])
     return [encoded[i] for i in train_idx], [encoded[i] for i in heldout_idx]
 
 
@@ -67,7 +68,9 @@ def train_sft(config: SFTConfig) -> dict[str, float]:
     if rank == 0:
         info = {**summary, "base_model": base_ref, "steps": trainer.step, "stage": "sft",
                 "merged_model": merged_model_dir(config.output_dir) if config.save_merged_model else None}
-        publish_policy(run, layout, model, config, tokenizer, info)
+        # The merged model says what it was fine-tuned from: evaluation compares with both.
+        publish_policy(run, layout, model, config, tokenizer, info,
+                       merged_records={RECORD_FILE: sft_record(config, trainer.step)})
         log.info("SFT outputs written to %s", storage.join(config.output_dir))
     distributed.shutdown()
     return summary
