@@ -468,6 +468,7 @@ def test_run_local_with_a_classifier_reward_model(tiny, tmp_path, capsys, monkey
     summary = evaluation_summary(run)
     assert summary is not None and summary.read_text() in stdout
     assert "(classifier, class '1' logit)" in summary.read_text()  # what the reward-model row scores
+    assert "- Classifier 1@reward_model: mean probability" in summary.read_text()  # and its P(class 1)
 
 
 def test_ppo_and_evaluation_take_an_existing_classifier_as_the_reward_model(hf_classifier, tiny, tmp_path):
@@ -497,3 +498,6 @@ def test_ppo_and_evaluation_take_an_existing_classifier_as_the_reward_model(hf_c
     direct = ClassifierScorer(str(hf_classifier), "negative", device="cpu")
     for name, responses in texts.items():
         np.testing.assert_allclose(got.raw[name], direct.score_messages([[]] * 2, responses).raw, rtol=1e-5)
+        # and the reward class's probability, which evaluation reports as a classifier row
+        np.testing.assert_allclose(got.probabilities[name], direct.probabilities([[]] * 2, responses), rtol=1e-5)
+    assert got.label == "negative"

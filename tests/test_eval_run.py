@@ -101,6 +101,7 @@ def test_evaluate_end_to_end(tmp_path, tiny, tiny_reward_model):  # noqa: F811
     assert f"{m['eval/judge_win_rate']:.1%}" in html
     md = (out / "summary.md").read_text()
     assert md == result.summary and f"{m['eval/judge_win_rate']:.1%}" in md
+    assert "Classifier" not in md and not any(k.startswith("eval/classifier/") for k in m)  # pairwise: no classes
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["eval/kl"] == pytest.approx(m["eval/kl"])
 

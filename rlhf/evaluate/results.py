@@ -73,6 +73,9 @@ class RewardScores:
     raw: dict[str, list[float]]
     normalized: dict[str, list[float]]
     preference: dict[str, float] = field(default_factory=dict)
+    # A classifier reward model: its P(reward class) of each group's responses, and that class.
+    probabilities: dict[str, list[float]] = field(default_factory=dict)
+    label: str = ""
 
 
 # ------------------------------------------------------------------------------------------------

@@ -112,13 +112,19 @@ def reward_scores(reward_model: str, rows: list[canonical.EvalExample], response
     for name, texts in responses.items():
         scores = score(rows, texts)
         raw[name], normalized[name] = [a for a, _ in scores], [b for _, b in scores]
+    probabilities, label = {}, ""
+    if getattr(scorer, "labels", None):  # a classifier: its probability of the reward class too
+        label = scorer.labels[scorer.positive]
+        for name, texts in responses.items():
+            probabilities[name] = _on_shards(len(rows), lambda indices, texts=texts: [float(p) for p in scorer.probabilities(
+                scorer.row_messages([rows[i] for i in indices]), [texts[i] for i in indices])])
     pairs = [r for r in rows if r.chosen is not None and r.rejected is not None]
     pref: dict[str, float] = {}
     if pairs:
         chosen = [a for a, _ in score(pairs, [r.chosen for r in pairs])]
         rejected = [a for a, _ in score(pairs, [r.rejected for r in pairs])]
         pref = scalar_metrics(preference_metrics(chosen, rejected, prefix="eval/reward_model"))
-    return RewardScores(raw=raw, normalized=normalized, preference=pref)
+    return RewardScores(raw=raw, normalized=normalized, preference=pref, probabilities=probabilities, label=label)
 
 
 def judge_results(rows: list[canonical.EvalExample], responses: dict[str, list[str]]) -> dict[str, list]:
@@ -288,6 +294,9 @@ def evaluate(config: EvalConfig, outputs: Optional[EvalOutputs] = None) -> Optio
         from rlhf.evaluate.classifiers import score_all
         classifiers = score_all(config.eval_classifiers, rows, texts, device=device, dtype=config.dtype,
                                 batch_size=config.batch_size)
+    if reward is not None and reward.probabilities:  # a classifier reward's P(class), reported as a classifier's
+        from rlhf.evaluate.classifiers import Classifier
+        classifiers = {Classifier(config.reward_model, reward.label).name: reward.probabilities, **(classifiers or {})}
     timing = distributed.reduce_metrics(timing)  # the slowest process's times
     if not distributed.is_main():  # rank 0 computes and writes the outputs
         distributed.shutdown()

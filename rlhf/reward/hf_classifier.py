@@ -72,7 +72,11 @@ class ClassifierScorer:
 
     def score_rows(self, rows: Sequence, responses: Sequence[str]) -> Scores:
         """Rewards for canonical rows, as ``RewardScorer.score_rows`` (the classifier reads the responses)."""
-        return self.score_messages([[]] * len(rows), responses)
+        return self.score_messages(self.row_messages(rows), responses)
+
+    def row_messages(self, rows: Sequence) -> list[list[dict]]:
+        """No prompts: the classifier reads the responses alone."""
+        return [[] for _ in rows]
 
     def probabilities(self, messages: Sequence[Sequence[dict]], responses: Sequence[str]) -> np.ndarray:
         """P(positive_label) of each response."""

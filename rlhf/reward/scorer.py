@@ -101,10 +101,14 @@ class RewardScorer:
     def score_rows(self, rows: Sequence, responses: Sequence[str]) -> Scores:
         """Rewards for canonical rows (``Prompt``, ``EvalExample``, ``PreferencePair``); a row
         without its own instruction gets the one saved at training time, as in training."""
+        return self.score_messages(self.row_messages(rows), responses)
+
+    def row_messages(self, rows: Sequence) -> list[list[dict]]:
+        """Each row's prompt as the reward model reads it: the row's own instruction, else the one
+        saved at training time."""
         default = self.info.get("instruction") or None
-        messages = [prompt_messages(r if r.instruction or not default else dataclasses.replace(r, instruction=default))
-                    for r in rows]
-        return self.score_messages(messages, responses)
+        return [prompt_messages(r if r.instruction or not default else dataclasses.replace(r, instruction=default))
+                for r in rows]
 
     @torch.no_grad()
     def logits(self, messages: Sequence[Sequence[dict]], responses: Sequence[str],
