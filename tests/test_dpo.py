@@ -121,6 +121,24 @@ def test_implicit_rewards_rise_only_the_adapter_moves_and_the_cache_is_the_disab
     assert (pol_c - ref_c).min() > 0.5  # and the policy itself moved away from it
 
 
+def test_bf16_base_trains_with_fp32_adapters_from_the_reference(tmp_path):
+    """The same code as on a GPU in bf16: a bf16 base with fp32 LoRA starts exactly at its reference
+    (the adapter-disabled pass), learns the toy preference, and only the fp32 adapters move."""
+    model = tiny_model(dtype=torch.bfloat16)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = DPOTrainer(toy_config(), model, toy_pairs(), EOS, OutputLayout(str(tmp_path)), heldout=toy_pairs(8, seed=2))
+    summary = trainer.train()
+    hist = trainer.tracker.history
+    assert hist[0]["reward/margin"] == 0.0 and hist[0]["loss/total"] == pytest.approx(math.log(2), abs=1e-6)
+    assert all(math.isfinite(v) for row in hist for v in row.values() if isinstance(v, float))
+    assert sum(row["reward/margin"] for row in hist[-3:]) / 3 > 0.4, [row["reward/margin"] for row in hist]
+    assert summary["heldout/accuracy"] >= 0.75
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.trainable_parameters())
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert moved and all(".lora_" in n for n in moved)
+
+
 def test_ipo_trains_toward_its_target_margin(tmp_path):
     cfg = toy_config(loss_type="ipo", beta=0.5, reinforcement_learning_train_steps=10)
     trainer = DPOTrainer(cfg, tiny_model(), toy_pairs(), EOS, OutputLayout(str(tmp_path)))

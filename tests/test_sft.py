@@ -135,6 +135,23 @@ def test_the_loss_falls_and_only_the_adapter_moves(tmp_path):
         assert moved == (".lora_" in name), name  # the adapter moves; base and the unused value head stay
 
 
+def test_bf16_base_learns_with_fp32_adapters(tmp_path):
+    """The same code as on a GPU in bf16: a bf16 base with fp32 LoRA learns the toy answer, and only
+    the fp32 adapters move."""
+    model = tiny_model(dtype=torch.bfloat16)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = SFTTrainer(toy_config(), model, toy_examples(), EOS, OutputLayout(str(tmp_path)),
+                         heldout=toy_examples(8, seed=2))
+    summary = trainer.train()
+    losses = [row["loss/total"] for row in trainer.tracker.history]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < 0.5 * losses[0], losses
+    assert summary["heldout/loss"] < 0.5 * losses[0]
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.trainable_parameters())
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert moved and all(".lora_" in n for n in moved)
+
+
 def new_trainer(config, out_dir):
     return SFTTrainer(config, tiny_model(), toy_examples(), EOS, OutputLayout(out_dir))
 
