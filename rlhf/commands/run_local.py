@@ -19,7 +19,7 @@ HELP = ("run the pipeline locally with kfp's local runner (on the bundled sample
 
 DEFAULT_ROOT = "local_outputs"
 
-# Sized for the 135M-parameter default model on 2 CPU cores: about 18 minutes end to end, measured
+# Sized for the 135M-parameter default model on 2 CPU cores: about 8 minutes end to end, measured
 # (README); the pipeline's own defaults, Google's, are for GPUs. LoRA takes a larger learning rate
 # than full fine-tuning, and so few steps need it: every stage runs at 10x its base rate.
 LOCAL_DEFAULTS = {
