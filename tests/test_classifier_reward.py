@@ -411,6 +411,29 @@ def test_eval_classifiers_score_base_and_tuned_responses(hf_classifier, trained)
 
 # -- the pipeline -------------------------------------------------------------------------------------
 
+def test_a_classifier_reads_its_training_instruction_as_eval_classifier_and_as_reward(trained, tmp_path):
+    """A row without an instruction gets the one saved with a classifier, in the classifier rows and in
+    the reward rows alike: both score in one pass with the prompt as the classifier was trained on."""
+    import shutil
+    from rlhf.data.canonical import EvalExample
+    from rlhf.evaluate.classifiers import score_all
+    from rlhf.evaluate.config import EvalConfig
+    from rlhf.evaluate.run import reward_scores
+    out, _ = trained
+    instructed = tmp_path / "instructed"
+    shutil.copytree(out, instructed)
+    info = json.loads((instructed / outputs.INFO_FILE).read_text())
+    (instructed / outputs.INFO_FILE).write_text(json.dumps({**info, "instruction": "Answer in French."}))
+    rows = [EvalExample(messages=[{"role": "user", "content": f"Tell me something about {t}."}])
+            for t in ("tea", "maps")]
+    texts = {"base": [REFUSALS[0], "Sure! Here is a fact about maps: it is old."]}
+    as_classifier = score_all([f"{instructed}=1"], rows, texts, device="cpu")["1@instructed"]["base"]
+    as_reward = reward_scores(str(instructed), rows, texts, EvalConfig(device="cpu"), "cpu").probabilities["base"]
+    assert as_classifier == pytest.approx(as_reward, rel=1e-5)
+    without = score_all([f"{out}=1"], rows, texts, device="cpu")["1@classifier"]["base"]
+    assert as_classifier != pytest.approx(without, rel=1e-5)  # the instruction was read
+
+
 def test_run_local_fills_the_bundled_labeled_data_for_a_classifier_only():
     from rlhf import samples
     from rlhf.commands.run_local import bundled_labeled_dataset
@@ -499,5 +522,6 @@ def test_ppo_and_evaluation_take_an_existing_classifier_as_the_reward_model(hf_c
     for name, responses in texts.items():
         np.testing.assert_allclose(got.raw[name], direct.score_messages([[]] * 2, responses).raw, rtol=1e-5)
         # and the reward class's probability, which evaluation reports as a classifier row
-        np.testing.assert_allclose(got.probabilities[name], direct.probabilities([[]] * 2, responses), rtol=1e-5)
+        expected = torch.softmax(torch.from_numpy(direct.logits(responses)), dim=-1)[:, direct.positive].numpy()
+        np.testing.assert_allclose(got.probabilities[name], expected, rtol=1e-5)
     assert got.label == "negative"

@@ -45,16 +45,15 @@ def parse(specs: Sequence[str]) -> list[Classifier]:
 
 def probabilities(classifier: Classifier, rows, responses: dict[str, list[str]], device=None, dtype=None,
                   batch_size: int = 8) -> dict[str, list[float]]:
-    """P(label) of each group's responses ("base"/"sft"/"tuned" -> one per row), the prompts as the rows give
-    them (a classifier trained here reads prompt and response; an external one the response alone)."""
-    from rlhf.data.canonical import prompt_messages
+    """P(label) of each group's responses ("base"/"sft"/"tuned" -> one per row). A classifier trained here
+    reads prompt and response, the prompt as in its training (a row without its own instruction gets the
+    one saved with the classifier); an external one reads the response alone."""
     from rlhf.reward.scorer import load_scorer
     scorer = load_scorer(classifier.ref, classifier.label, device=device, dtype=dtype, batch_size=batch_size)
     if not hasattr(scorer, "probabilities") or not getattr(scorer, "labels", None):
         raise UserError(f"eval_classifiers entry {classifier.ref}: a pairwise reward model has no classes; "
                         "give a classifier")
-    messages = [prompt_messages(r) for r in rows]
-    return {name: [float(p) for p in scorer.probabilities(messages, texts)] for name, texts in responses.items()}
+    return {name: [float(p) for p in scorer.score_rows(rows, texts).probability] for name, texts in responses.items()}
 
 
 def classifier_metrics(name: str, probs: dict[str, list[float]]) -> dict[str, float]:

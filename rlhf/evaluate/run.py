@@ -101,28 +101,26 @@ def reward_scores(reward_model: str, rows: list[canonical.EvalExample], response
     scorer = load_scorer(reward_model, config.positive_label, device=device or config.device or None,
                          dtype=config.dtype, batch_size=config.batch_size)
 
-    def score(subset: list, texts: list[str]) -> list[tuple[float, float]]:  # (raw, normalized), in order
+    def score(subset: list, texts: list[str]) -> list[tuple]:  # (raw, normalized, P(class) or None), in order
         def compute(indices):
             # Rows keep their own instruction; one without gets the reward model's training instruction.
             got = scorer.score_rows([subset[i] for i in indices], [texts[i] for i in indices])
-            return [(float(a), float(b)) for a, b in zip(got.raw, got.normalized)]
+            probability = [None] * len(indices) if got.probability is None else [float(p) for p in got.probability]
+            return [(float(a), float(b), p) for a, b, p in zip(got.raw, got.normalized, probability)]
         return _on_shards(len(subset), compute)
 
-    raw, normalized = {}, {}
+    raw, normalized, probabilities = {}, {}, {}
     for name, texts in responses.items():
         scores = score(rows, texts)
-        raw[name], normalized[name] = [a for a, _ in scores], [b for _, b in scores]
-    probabilities, label = {}, ""
-    if getattr(scorer, "labels", None):  # a classifier: its probability of the reward class too
-        label = scorer.labels[scorer.positive]
-        for name, texts in responses.items():
-            probabilities[name] = _on_shards(len(rows), lambda indices, texts=texts: [float(p) for p in scorer.probabilities(
-                scorer.row_messages([rows[i] for i in indices]), [texts[i] for i in indices])])
+        raw[name], normalized[name] = [s[0] for s in scores], [s[1] for s in scores]
+        if scores and scores[0][2] is not None:  # a classifier: its probability of the reward class too
+            probabilities[name] = [s[2] for s in scores]
+    label = scorer.labels[scorer.positive] if probabilities else ""
     pairs = [r for r in rows if r.chosen is not None and r.rejected is not None]
     pref: dict[str, float] = {}
     if pairs:
-        chosen = [a for a, _ in score(pairs, [r.chosen for r in pairs])]
-        rejected = [a for a, _ in score(pairs, [r.rejected for r in pairs])]
+        chosen = [s[0] for s in score(pairs, [r.chosen for r in pairs])]
+        rejected = [s[0] for s in score(pairs, [r.rejected for r in pairs])]
         pref = scalar_metrics(preference_metrics(chosen, rejected, prefix="eval/reward_model"))
     return RewardScores(raw=raw, normalized=normalized, preference=pref, probabilities=probabilities, label=label)
 

@@ -113,6 +113,11 @@ def reward_from_logits(logits: torch.Tensor, positive: int, reward_from: str = "
     return logits[:, positive]
 
 
+def positive_probability(logits: torch.Tensor, positive: int) -> np.ndarray:
+    """P(positive class) of each row of [N, classes] logits."""
+    return torch.softmax(logits.float(), dim=-1)[:, positive].double().numpy()
+
+
 def train_step(model, collate: ClassifierCollator, batches: Sequence[Sequence[EncodedExample]],
                optimizer, scheduler, config: RewardConfig, forward=None,
                shares: Optional[Sequence[float]] = None) -> dict[str, float]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from rlhf import models
-from rlhf.reward.classifier import positive_index, reward_from_logits
+from rlhf.reward.classifier import positive_index, positive_probability, reward_from_logits
 from rlhf.reward.scorer import Scores
 
 MAX_LENGTH = 512  # tokens of a response the classifier reads, when its tokenizer sets no limit
@@ -66,9 +66,9 @@ class ClassifierScorer:
         """Rewards of the responses (the prompts are not read; the signature is ``RewardScorer``'s)."""
         if len(messages) != len(responses):
             raise ValueError("need one prompt per response")
-        raw = reward_from_logits(torch.from_numpy(self.logits(responses)), self.positive,
-                                 self.reward_from).double().numpy()
-        return Scores(raw=raw, normalized=raw)
+        logits = torch.from_numpy(self.logits(responses))
+        raw = reward_from_logits(logits, self.positive, self.reward_from).double().numpy()
+        return Scores(raw=raw, normalized=raw, probability=positive_probability(logits, self.positive))
 
     def score_rows(self, rows: Sequence, responses: Sequence[str]) -> Scores:
         """Rewards for canonical rows, as ``RewardScorer.score_rows`` (the classifier reads the responses)."""
@@ -80,7 +80,6 @@ class ClassifierScorer:
 
     def probabilities(self, messages: Sequence[Sequence[dict]], responses: Sequence[str]) -> np.ndarray:
         """P(positive_label) of each response."""
-        logits = torch.from_numpy(self.logits(responses))
-        return torch.softmax(logits, dim=-1)[:, self.positive].numpy()
+        return self.score_messages(messages, responses).probability
 
 

@@ -39,6 +39,8 @@ from rlhf.reward.modeling import score_sequences
 class Scores:
     raw: np.ndarray
     normalized: np.ndarray
+    # A classifier's P(positive class), from the same forward pass; None for a pairwise model.
+    probability: Optional[np.ndarray] = None
 
 
 class RewardScorer:
@@ -131,17 +133,20 @@ class RewardScorer:
         """A classifier's P(positive_label) of each response (prompts as ``score_messages``)."""
         if not self.labels:
             raise ValueError("a pairwise reward model has no class probabilities")
-        return torch.softmax(torch.from_numpy(self.logits(messages, responses)), dim=-1)[:, self.positive].numpy()
+        return self.score_messages(messages, responses).probability
 
     def score_messages(self, messages: Sequence[Sequence[dict]], responses: Sequence[str],
                        ended: Optional[Sequence[bool]] = None) -> Scores:
         """Rewards for prompts given as final message lists (instruction already applied);
         ``ended[i]`` False: response i was cut off at a length limit, scored without EOS."""
         raw = self.logits(messages, responses, ended)
+        probability = None
         if self.labels:
-            from rlhf.reward.classifier import reward_from_logits
-            raw = reward_from_logits(torch.from_numpy(raw), self.positive, self.reward_from).double().numpy()
-        return Scores(raw=raw, normalized=(raw - self.mean) / self.std)
+            from rlhf.reward.classifier import positive_probability, reward_from_logits
+            logits = torch.from_numpy(raw)
+            raw = reward_from_logits(logits, self.positive, self.reward_from).double().numpy()
+            probability = positive_probability(logits, self.positive)
+        return Scores(raw=raw, normalized=(raw - self.mean) / self.std, probability=probability)
 
 
 def load_scorer(ref: str, positive_label: str = "", reward_from: str = "", device=None, dtype=None,
