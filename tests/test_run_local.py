@@ -44,6 +44,15 @@ def test_the_demo_starts_from_sft_and_tunes_with_dpo_unless_the_reward_is_a_clas
     assert _values("--parameter", "tuning_method=ppo")["tuning_method"] == "ppo"
 
 
+def test_dpo_gets_twice_ppos_steps_unless_the_user_sets_them():
+    """A DPO step costs far less than a PPO step, so the demo's DPO takes more of them in the same budget."""
+    assert _values()["reinforcement_learning_train_steps"] == run_local.DPO_TRAIN_STEPS == 20
+    assert _values("--parameter", "tuning_method=ppo")["reinforcement_learning_train_steps"] == 10
+    assert _values("--parameter", "reward_model_type=classifier")["reinforcement_learning_train_steps"] == 10
+    assert _values("--reinforcement-learning-train-steps", "3")["reinforcement_learning_train_steps"] == 3
+    assert _values("--parameter", "reinforcement_learning_train_steps=4")["reinforcement_learning_train_steps"] == 4
+
+
 def test_flags_and_parameters_override_the_defaults(tmp_path):
     data = tmp_path / "pref.jsonl"
     data.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"}) + "\n")
