@@ -182,3 +182,13 @@ def test_config_from_dict_coerces_kfp_numbers_and_rejects_mistakes():
         EvalConfig.from_dict({"max_exemples": 5})
     with pytest.raises(UserError, match="batch_size is '8'; expected int"):
         EvalConfig.from_dict({"batch_size": "8"})
+
+
+def test_a_pairwise_reward_model_as_eval_classifier_is_a_clear_error(tiny_reward_model):
+    """eval_classifiers needs classes to report a probability of; a pairwise reward model has none."""
+    from rlhf.data.canonical import EvalExample
+    from rlhf.errors import UserError
+    from rlhf.evaluate.classifiers import score_all
+    rows = [EvalExample(messages=[{"role": "user", "content": POSTS[0]}])]
+    with pytest.raises(UserError, match="a pairwise reward model has no classes; give a classifier"):
+        score_all([f"{tiny_reward_model}=1"], rows, {"base": ["A short, kind summary."]}, device="cpu")

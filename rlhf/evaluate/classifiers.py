@@ -50,7 +50,7 @@ def probabilities(classifier: Classifier, rows, responses: dict[str, list[str]],
     one saved with the classifier); an external one reads the response alone."""
     from rlhf.reward.scorer import load_scorer
     scorer = load_scorer(classifier.ref, classifier.label, device=device, dtype=dtype, batch_size=batch_size)
-    if not hasattr(scorer, "probabilities") or not getattr(scorer, "labels", None):
+    if not scorer.labels:  # both scorers have labels: a classifier's classes, None for a pairwise model
         raise UserError(f"eval_classifiers entry {classifier.ref}: a pairwise reward model has no classes; "
                         "give a classifier")
     return {name: [float(p) for p in scorer.score_rows(rows, texts).probability] for name, texts in responses.items()}
