@@ -149,3 +149,22 @@ def test_line_chart_scales_points_inside_the_plot():
     ys = [float(x.split(",")[1]) for x in pts]
     assert xs[0] < xs[1] and ys[0] > ys[1]  # later and higher: right and up (SVG y grows down)
     assert all(0 <= x <= 560 for x in xs) and all(0 <= y <= 260 for y in ys)
+
+
+def test_extractiveness_table_and_summary_lines_show_every_model_and_the_references():
+    data = make_data()
+    data.metrics.update({f"eval/extractive/{stat}_{g}": v for g, v in
+                         (("base", 0.09), ("tuned", 0.68), ("reference", 0.05))
+                         for stat in ("copied_5gram_share", "coverage", "first_person_share")})
+    data.metrics.update({"eval/extractive/density_tuned": 12.5, "eval/extractive/cut_share_tuned": 0.5})
+    text = "".join(parse(R.render_html(data)).text)
+    assert "Extractiveness" in text and "References" in text
+    assert "0.680" in text and "0.050" in text and "68.0%" in text and "12.50" in text
+    assert "eval/extractive/copied_5gram_share_*" in text
+    md = R.render_markdown(data)
+    assert "- Copied 5-grams" in md and "base 0.090, tuned 0.680, references 0.050" in md
+    assert "Opens in the first person (I/We/My/Our): base 9.0%, tuned 68.0%, references 5.0%" in md
+    assert "tuned 0.680 / 12.50" in md and "Cut at the token limit: tuned 50.0%" in md
+    # Nothing measured: no table, no lines.
+    assert "Extractiveness" not in "".join(parse(R.render_html(make_data())).text)
+    assert "Copied 5-grams" not in R.render_markdown(make_data())

@@ -64,3 +64,28 @@ def test_without_reward_model_or_judge_the_scores_are_none_and_noted():
     row = results.per_prompt[0]
     assert row["base"]["reward"] is None and row["base"]["judge"] is None and row["base"]["judge_notes"] == []
     assert "kl_seq" not in row and not any(k.startswith(("eval/judge", "eval/reward")) for k in results.metrics)
+
+
+def test_extractiveness_per_group_and_references_and_the_copying_alarm():
+    post = "I bought a red bike in May and it broke in June so I want a refund from the shop"
+    rows = [EvalExample(messages=[{"role": "user", "content": post}], source="eval.jsonl:1",
+                        reference="The poster asks a shop to refund a bike that broke after a month.")] * 2
+    copy = "I bought a red bike in May and it broke in June"
+    summary = "The poster wants a refund for a bike that broke within a month."
+    texts = {"base": [summary, summary], "tuned": [copy, summary]}
+    gens_ = {name: [Generation(prompt_ids=[1], response_ids=[1, 2], text=t, finished=f)
+                    for t, f in zip(ts, (False, True))] for name, ts in texts.items()}
+    results = compute_results(rows, gens_)
+    m = results.metrics
+    assert m["eval/extractive/copied_5gram_share_tuned"] == pytest.approx(0.5)  # the copy 1.0, the summary 0.0
+    assert m["eval/extractive/copied_5gram_share_base"] == 0.0
+    assert m["eval/extractive/copied_5gram_share_reference"] == 0.0
+    assert m["eval/extractive/first_person_share_tuned"] == 0.5 and m["eval/extractive/first_person_share_base"] == 0.0
+    assert m["eval/extractive/cut_share_tuned"] == 0.5 and "eval/extractive/cut_share_reference" not in m
+    assert m["eval/extractive/coverage_tuned"] > m["eval/extractive/coverage_base"]
+    assert results.per_prompt[0]["tuned"]["extractive"]["copied_5grams"] == 1.0
+    assert results.per_prompt[0]["tuned"]["extractive"]["first_person"] is True
+    # No reward model or judge needed: the copying alarm reads only the texts.
+    assert results.alarm and "COPYING THE POST" in results.alarm and m["eval/copying_alarm"] == 1.0
+    same = compute_results(rows, {"base": gens_["base"], "tuned": gens_["base"]})
+    assert same.alarm is None and same.metrics["eval/copying_alarm"] == 0.0

@@ -118,3 +118,36 @@ def reward_hacking_alarm(reward_base: float, reward_tuned: float, judge_base: fl
                 f"{judge_delta:+.4f} ({judge_base:.4f} -> {judge_tuned:.4f}). Inspect the samples; "
                 f"lower the training steps or raise kl_coeff. ({HACKING_CITATION})")
     return None
+
+
+# Copying "markedly more": at least this much higher share of copied 5-grams, and this many times it.
+COPYING_MARGIN = 0.10
+COPYING_RATIO = 2.0
+
+
+def _copies_more(high: float, low: float) -> bool:
+    return high - low >= COPYING_MARGIN and high >= COPYING_RATIO * low
+
+
+def copying_alarm(copied_base: float, copied_tuned: float, copied_reference: float = float("nan"),
+                  copied_sft: float = float("nan")) -> Optional[str]:
+    """A message when the tuned model copies markedly more of the post than its base (copied-5-gram
+    share at least `COPYING_MARGIN` higher and `COPYING_RATIO` times as high) and, where references
+    were measured (not NaN), markedly more than they do; else None. A copy shares the post's words,
+    so it can win a judge and ROUGE-L without being a summary: only reading the responses, or this
+    number, shows it."""
+    if math.isnan(copied_base) or math.isnan(copied_tuned):
+        return None
+    if not _copies_more(copied_tuned, copied_base):
+        return None
+    has_reference = not math.isnan(copied_reference)
+    if has_reference and not _copies_more(copied_tuned, copied_reference):
+        return None
+    others = [f"{copied_base:.0%} for the base model"]
+    if not math.isnan(copied_sft):
+        others.append(f"{copied_sft:.0%} for the SFT model")
+    if has_reference:
+        others.append(f"{copied_reference:.0%} for the reference summaries")
+    return (f"COPYING THE POST: {copied_tuned:.0%} of the tuned model's 5-grams appear verbatim in the post, "
+            f"against {', '.join(others)}. A copy shares the post's words, so the judge and ROUGE-L can "
+            f"reward it without it being a summary; read the samples before trusting the win rates.")

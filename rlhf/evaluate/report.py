@@ -12,6 +12,7 @@ import html
 import math
 from typing import Optional, Sequence
 
+from rlhf.evaluate import extractive as X
 from rlhf.evaluate import metrics as M
 from rlhf.evaluate.results import Results, Sample
 
@@ -277,6 +278,28 @@ def classifier_names(m: dict[str, float]) -> list[str]:
                   if k.startswith("eval/classifier/") and k.endswith("/base_mean"))
 
 
+def _extractive_table(m: dict[str, float], groups: Sequence[str]) -> str:
+    """How much each model copies the post, beside the hand-written references when measured."""
+    columns = list(groups) + (["reference"] if any(k.endswith("_reference") and k.startswith("eval/extractive/")
+                                                   for k in m) else [])
+    titles = {**GROUP_TITLES, "reference": "References"}
+    e = html.escape
+    rows = []
+    for stat, label, spec, note in X.STATS:
+        keys = [f"eval/extractive/{stat}_{c}" for c in columns]
+        if any(k in m for k in keys):
+            rows.append(f"<tr><td>{e(label)}</td>" + "".join(f"<td class='num'>{_fmt(m.get(k), spec)}</td>"
+                                                          for k in keys)
+                        + f"<td class='note'>{e(note)}</td><td><code>{e(f'eval/extractive/{stat}_*')}</code></td></tr>")
+    if not rows:
+        return ""
+    heads = "".join(f"<th>{titles[c]}</th>" for c in columns)
+    return ("<h2>Extractiveness (how much the responses copy the post)</h2>"
+            "<p class='scores'>A copy of the post shares its words with any summary of it, so it can win the "
+            "judge and ROUGE-L; compare the tuned model with the references here.</p>"
+            f"<table><tr><th>Metric</th>{heads}<th>Note</th><th>Name</th></tr>" + "".join(rows) + "</table>")
+
+
 def _judge_rules_table(rules: dict[str, dict[str, float]]) -> str:
     """Mean score of each constitution rule, per model: what the judge rewards and penalizes."""
     if not rules.get("base") or not rules.get("tuned"):
@@ -383,6 +406,7 @@ def render_html(data: Results) -> str:
         parts.append("<table class='info'>" + "".join(
             f"<tr><td><b>{e(k)}</b></td><td>{e(str(v))}</td></tr>" for k, v in data.info.items()) + "</table>")
     parts.append("<h2>Metrics</h2>" + _metric_tables(data.metrics, data.groups))
+    parts.append(_extractive_table(data.metrics, data.groups))
     parts.append(_judge_rules_table(data.judge_rules))
     if data.notes:
         parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in data.notes) + "</ul>")
@@ -449,6 +473,28 @@ def _sft_lines(m: dict[str, float]) -> list[str]:
     return lines
 
 
+def _extractive_lines(m: dict[str, float], groups: Sequence[str]) -> list[str]:
+    """Copying, first-person openings and cut responses per model (and references), one line each."""
+    titles = {"base": "base", "sft": "SFT", "tuned": "tuned", "reference": "references"}
+    lines = []
+    for stat, label, spec in (("copied_5gram_share", "Copied 5-grams (share of each response's 5-grams "
+                                                     "found verbatim in the post)", ".3f"),
+                              ("novel_bigram_share", "Novel bigrams", ".3f"),
+                              ("coverage", "Extractive fragment coverage / density", ".3f"),
+                              ("first_person_share", "Opens in the first person (I/We/My/Our)", ".1%"),
+                              ("cut_share", "Cut at the token limit", ".1%")):
+        bits = []
+        for g in list(groups) + ["reference"]:
+            value = _md(m, f"eval/extractive/{stat}_{g}", spec)
+            if value is not None:
+                if stat == "coverage":
+                    value += f" / {_md(m, f'eval/extractive/density_{g}', '.2f')}"
+                bits.append(f"{titles[g]} {value}")
+        if bits:
+            lines.append(f"- {label}: " + ", ".join(bits))
+    return lines
+
+
 def render_markdown(data: Results) -> str:
     """A short summary: judge win rate, KL, reward change, and the alarm if raised."""
     m = data.metrics
@@ -478,6 +524,7 @@ def render_markdown(data: Results) -> str:
     if _md(m, "eval/length_words_tuned_mean", ".1f"):
         lines.append(f"- Response length (words): {_md(m, 'eval/length_words_base_mean', '.1f')} → "
                      f"{_md(m, 'eval/length_words_tuned_mean', '.1f')}")
+    lines += _extractive_lines(m, data.groups)
     for name in classifier_names(m):
         key = f"eval/classifier/{name}"
         lines.append(f"- Classifier {name}: mean probability {_md(m, key + '/base_mean', '.3f')} → "

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from rlhf.data import canonical
+from rlhf.evaluate import extractive as X
 from rlhf.evaluate import metrics as M
 
 # The models compared, in the order shown: the base, the SFT model when the tuned policy's base is one
@@ -132,6 +133,21 @@ def judge_metrics(judged: dict[str, list[float]]) -> dict[str, float]:
     return m
 
 
+def extractive_metrics(rows: Sequence[canonical.EvalExample], gens: dict[str, list]) -> dict[str, float]:
+    """How much each group's responses copy the post (`rlhf.evaluate.extractive`), and the hand-written
+    references' figures on the rows that have one (``eval/extractive/{stat}_reference``)."""
+    posts = [canonical.user_input(r) for r in rows]
+    m = {}
+    for name in groups_of(gens):
+        stats = X.group_metrics(posts, [g.text for g in gens[name]], [g.finished for g in gens[name]])
+        m.update({f"eval/extractive/{stat}_{name}": v for stat, v in stats.items()})
+    with_ref = [i for i, r in enumerate(rows) if r.reference]
+    if with_ref:
+        stats = X.group_metrics([posts[i] for i in with_ref], [rows[i].reference for i in with_ref])
+        m.update({f"eval/extractive/{stat}_reference": v for stat, v in stats.items()})
+    return m
+
+
 def rouge(rows: Sequence[canonical.EvalExample], texts: dict[str, list[str]]
           ) -> tuple[dict[str, float], dict[str, list[Optional[float]]]]:
     """ROUGE-L of every group on the rows with a reference: (metrics, per-row scores or None)."""
@@ -169,7 +185,8 @@ def per_prompt_rows(rows: Sequence[canonical.EvalExample], gens: dict[str, list]
                            "reward": score(raw, name, i), "reward_normalized": score(normalized, name, i),
                            "judge": score(judged, name, i),
                            "judge_notes": verdicts[name][i].notes if verdicts else [],
-                           "rouge_l": rouge_per_row[name][i]}
+                           "rouge_l": rouge_per_row[name][i],
+                           "extractive": X.measure(canonical.user_input(r), g.text).to_dict()}
         if kl is not None:
             entry["kl_seq"], entry["kl_full_seq"] = kl.k1_per_sequence[i], kl.full_per_sequence[i]
         out.append(entry)
@@ -238,7 +255,8 @@ def compute_results(rows: Sequence[canonical.EvalExample], gens: dict[str, list]
     ``reward``: the reward model's scores or None (no reward model); ``verdicts``: "base"/"tuned" ->
     `rlhf.judge.JudgeResult` per row, or None (judge off); ``classifiers``: classifier name ->
     group -> P(its label) per row (`rlhf.evaluate.classifiers`). The reward-hacking alarm is
-    raised when both the reward model and the judge scored."""
+    raised when both the reward model and the judge scored; the copying alarm
+    (`metrics.copying_alarm`) whatever was scored, and both read as one message."""
     texts = {name: [g.text for g in g_list] for name, g_list in gens.items()}
     notes: list[str] = []
     metrics: dict[str, float] = {"eval/num_prompts": float(len(rows))}
@@ -248,6 +266,7 @@ def compute_results(rows: Sequence[canonical.EvalExample], gens: dict[str, list]
         metrics.update(kl_metrics(kl))
     rouge_metrics, rouge_per_row = rouge(rows, texts)
     metrics.update(rouge_metrics)
+    metrics.update(extractive_metrics(rows, gens))
 
     raw: dict[str, list[float]] = {}
     normalized: dict[str, list[float]] = {}
@@ -280,6 +299,11 @@ def compute_results(rows: Sequence[canonical.EvalExample], gens: dict[str, list]
                                             metrics["eval/judge_sft_mean"], metrics["eval/judge_tuned_mean"])
             metrics["eval/reward_hacking_alarm_vs_sft"] = 1.0 if vs_sft else 0.0
             alarm = alarm or (f"Against the SFT model the policy was tuned from: {vs_sft}" if vs_sft else None)
+
+    copying = M.copying_alarm(*(metrics.get(f"eval/extractive/copied_5gram_share_{g}", float("nan"))
+                                for g in ("base", "tuned", "reference", "sft")))
+    metrics["eval/copying_alarm"] = 1.0 if copying else 0.0
+    alarm = " ".join(a for a in (alarm, copying) if a) or None
 
     per_prompt = per_prompt_rows(rows, gens, kl, raw, normalized, judged, verdicts or {}, rouge_per_row)
     if classifiers:
