@@ -8,31 +8,41 @@ arXiv:2309.00267), preferences come from written principles instead of human rat
 principles are checked by plain Python instead of an LLM, so labels are cheap, reproducible and
 explainable.
 
-Constitution: a good summary of POST that follows INSTRUCTION
+Constitution: a good summary of POST that follows INSTRUCTION, as a reader of summaries judges it
+(the rater guidelines of Stiennon et al. 2020, arXiv:2009.01325: coverage, accuracy, coherence,
+overall quality)
 
 1. ``length``      stays within the instruction's word limit ("less than 50 words" allows 49).
 2. ``coverage``    mentions the post's key facts: its numbers, its names, its most frequent
                    content words (see `key_facts`).
 3. ``faithful``    invents nothing: every number, name and content word comes from the post
                    (up to light stemming and a short list of generic summary words).
-4. ``repetition``  says each thing once: no repeated word trigrams, sentences or hammered words.
-5. ``direct``      starts with the content: no preamble, sign-off or meta talk ("Sure! Here is a
+4. ``ask``         states what the poster asks or wants when the post asks something ("asks
+                   whether ...", "wants advice on ..."): for a reader that is the post's point.
+5. ``repetition``  says each thing once: no repeated word trigrams, sentences or hammered words.
+6. ``direct``      starts with the content: no preamble, sign-off or meta talk ("Sure! Here is a
                    summary:", "I hope this helps"). Describing the post ("The post asks ...") is
                    allowed but costs a little, as it spends words on nothing.
-6. ``voice``       reports the post instead of answering it: no "you"/"your" addressed to the
+7. ``voice``       reports the post instead of answering it: no "you"/"your" addressed to the
                    poster, no "I recommend".
-7. ``complete``    ends with a finished sentence (final punctuation), not cut off mid-way.
 8. ``concise``     condenses instead of copying: does not reproduce most of the post verbatim,
                    nor run as long as the post.
 9. ``plain``       plain prose: no markdown lists, headings, bold, hashtags or emoji.
 10. ``sentences``  written in sentences, not as a string of keywords (too few function words).
+11. ``complete``   ends with a finished sentence (final punctuation), not cut off mid-way.
+12. ``third_person`` reports the poster in the third person ("The poster bought ..."), not the
+                   post retold as its author ("I bought ..."): a first-person opening or first-person
+                   pronouns.
+13. ``verbatim``   paraphrases: no long spans copied word for word from the post (its longest
+                   shared run of words and its share of 5-grams found in the post).
 
-Each rule scores in [0, 1]. Rules 2-3 say whether the summary says the right things (content),
-rules 1 and 4-9 whether it says them the right way (form). The judge's score is
-content x form x sentences, content and form each the weighted mean of their rules (weights in
-`CONSTITUTION`). A product, so no part can buy off another: a short, fluent reply that says
-nothing scores low however flawless its form, and a string of keywords is not a summary however
-many facts it lists. A summary with fewer than `MIN_WORDS` words scores 0.
+Each rule scores in [0, 1]. Rules 2-4 say whether the summary says the right things (content),
+rules 1 and 5-9 whether it says them the right way (form); rules 10-13 are gates, which a reader
+does not trade against the rest: a keyword list, a summary cut mid-sentence, the post retold in the
+first person or copied out is not a summary however many facts it holds. The judge's score is
+content x form x each gate, content and form each the weighted mean of their rules (weights in
+`CONSTITUTION`); a gate multiplies the score by 1 - weight x (1 - rule), so its weight is the share
+of the score it can take away. A summary with fewer than `MIN_WORDS` words scores 0.
 
 Everything is pure Python and fast (a few milliseconds per summary), so evaluation can run it on
 CPU next to any model.
@@ -49,7 +59,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-JUDGE_VERSION = "1"
+JUDGE_VERSION = "2"
 
 MIN_WORDS = 3
 DEFAULT_MAX_WORDS = 49  # the bundled sample data's instruction: "Summarize in less than 50 words."
@@ -74,14 +84,19 @@ CONSTITUTION: tuple[Principle, ...] = (
               "Mention the post's key facts: its numbers, names and main subject."),
     Principle("faithful", 1.0, "content",
               "Invent nothing: no name, number or content that is not in the post."),
+    Principle("ask", 0.5, "content", "State what the poster asks or wants, when the post asks something."),
     Principle("repetition", 1.5, "form", "Say each thing once: no repeated phrases or sentences."),
     Principle("direct", 1.5, "form",
               "Start with the content: no preamble, sign-off or talk about the task."),
     Principle("voice", 1.5, "form", "Report what the post says; do not answer or advise its author."),
-    Principle("complete", 1.5, "form", "End with a complete sentence."),
     Principle("concise", 2.0, "form", "Condense: do not copy the post or run as long as it."),
     Principle("plain", 0.5, "form", "Write plain prose: no lists, headings, hashtags or emoji."),
+    # Gates: the weight is the share of the whole score the rule can take away.
     Principle("sentences", 1.0, "gate", "Write sentences, not a string of keywords."),
+    Principle("complete", 0.5, "gate", "End with a complete sentence."),
+    Principle("third_person", 0.6, "gate",
+              "Report the poster in the third person; do not retell the post as its author (I, my, we)."),
+    Principle("verbatim", 0.6, "gate", "Paraphrase: do not copy long spans of the post word for word."),
 )
 WEIGHTS = {p.name: p.weight for p in CONSTITUTION}
 GROUPS = {g: tuple(p.name for p in CONSTITUTION if p.group == g) for g in ("content", "form", "gate")}
@@ -506,6 +521,76 @@ def _rule_concise(post_toks: list[_Token], summary_toks: list[_Token]) -> tuple[
     return score, notes
 
 
+# A post asks something when a sentence ends with "?" or it says so in words.
+_POST_ASKS = re.compile(
+    r"\?|\b(any (tips|advice|ideas|suggestions|recommendations|thoughts)|looking for (advice|tips|ideas|help)"
+    r"|(need|want|appreciate) (some )?(advice|help|tips|suggestions)|should i|should we|wondering)\b",
+    re.IGNORECASE)
+# A summary states the ask when it reports it ("asks whether", "wants advice") or quotes a question.
+_STATES_ASK = re.compile(
+    r"\?|\b(ask|asks|asked|asking|wonder|wonders|wondered|wondering|seek|seeks|seeking|request|requests"
+    r"|want(s|ed)? to know|want(s|ed)? (some )?(advice|tips|ideas|help|suggestions|opinions)"
+    r"|looking for|hop(es|ing) for|unsure (whether|if|how|what)|whether|how to|what to|which)\b",
+    re.IGNORECASE)
+
+
+def _rule_ask(post: str, summary: str) -> tuple[float, list[str]]:
+    if not _POST_ASKS.search(post) or _STATES_ASK.search(summary):
+        return 1.0, []
+    return 0.0, ["does not say what the poster asks"]
+
+
+_FIRST_PERSON = frozenset("i i'm i've i'd i'll me my mine myself we we're we've we'd we'll us our ours "
+                          "ourselves".split())
+_QUOTED = re.compile(r"\"[^\"]*\"|\u201c[^\u201d]*\u201d")
+
+
+def _rule_third_person(summary_toks: list[_Token], summary: str) -> tuple[float, list[str]]:
+    """0 when the summary opens as the poster ("I bought ..."); else each first-person pronoun outside
+    quotes costs 0.25 ("US" the country is not "us"); a quoted question ("asks: 'should I?'") is fine."""
+    unquoted = _tokens(_QUOTED.sub(" ", summary))
+    count = sum(t.lower in _FIRST_PERSON and t.text != "US" for t in unquoted)
+    if summary_toks and summary_toks[0].lower in _FIRST_PERSON and summary_toks[0].text != "US":
+        return 0.0, [f"retells the post in the first person ({summary_toks[0].text} ...)"]
+    if not count:
+        return 1.0, []
+    return max(0.0, 1.0 - 0.25 * count), [f"{count} first-person pronouns (I/my/we/our)"]
+
+
+# A reader notices a copied run of about ten words; the references copy about 5% of their 5-grams.
+VERBATIM_RUN = (10, 25)  # longest run copied from the post: full score up to the first, 0 at the second
+VERBATIM_SHARE = (0.25, 0.75)  # share of the summary's 5-grams found in the post: the same
+
+
+def _ramp(value: float, bounds: tuple[float, float]) -> float:
+    lo, hi = bounds
+    return 1.0 - min(1.0, max(0.0, (value - lo) / (hi - lo)))
+
+
+def _rule_verbatim(post_toks: list[_Token], summary_toks: list[_Token]) -> tuple[float, list[str]]:
+    post = [t.lower for t in post_toks]
+    summ = [t.lower for t in summary_toks]
+    post_index: dict[str, list[int]] = {}
+    for j, w in enumerate(post):
+        post_index.setdefault(w, []).append(j)
+    longest = 0  # the longest run of summary words that also occurs in the post
+    for i in range(len(summ)):
+        for j in post_index.get(summ[i], ()):
+            k = 0
+            while i + k < len(summ) and j + k < len(post) and summ[i + k] == post[j + k]:
+                k += 1
+            longest = max(longest, k)
+    n = 5
+    post_grams = {tuple(post[i : i + n]) for i in range(len(post) - n + 1)}
+    grams = [tuple(summ[i : i + n]) for i in range(len(summ) - n + 1)]
+    share = sum(g in post_grams for g in grams) / len(grams) if grams else 0.0
+    score = min(_ramp(longest, VERBATIM_RUN), _ramp(share, VERBATIM_SHARE))
+    notes = []
+    if score < 1.0:
+        notes.append(f"copies {longest} words in a row and {share:.0%} of its 5-grams from the post")
+    return score, notes
+
+
 _MARKDOWN = re.compile(r"(?m)^\s*([-*\u2022]|\d+[.)]|#+)\s+|\*\*|__")
 _HASHTAG_EMOJI = re.compile(r"(?<!\w)#\w|[\U0001F300-\U0001FAFF\u2600-\u27BF]")
 
@@ -553,12 +638,15 @@ def judge(post: str, summary: str, instruction: Optional[str] = None) -> JudgeRe
         "concise": _rule_concise(post_toks, summary_toks),
         "plain": _rule_plain(summary),
         "sentences": _rule_sentences(summary_toks),
+        "ask": _rule_ask(post, summary),
+        "third_person": _rule_third_person(summary_toks, summary),
+        "verbatim": _rule_verbatim(post_toks, summary_toks),
     }
     rules = {name: round(results[name][0], 6) for name in WEIGHTS}
     notes = [f"{name}: {note}" for name in WEIGHTS for note in results[name][1]]
     score = _weighted_mean(rules, GROUPS["content"]) * _weighted_mean(rules, GROUPS["form"])
     for name in GROUPS["gate"]:
-        score *= rules[name]
+        score *= 1.0 - WEIGHTS[name] * (1.0 - rules[name])
     return JudgeResult(round(score, 6), rules, notes, n_words, limit)
 
 

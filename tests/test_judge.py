@@ -276,3 +276,72 @@ def test_constitution_is_documented():
     assert J.__doc__ and "Constitutional AI" in J.__doc__ and "RLAIF" in J.__doc__
     for p in J.CONSTITUTION:
         assert p.name in J.__doc__ and p.text and p.weight > 0 and p.group in ("content", "form", "gate")
+
+
+# ---------------------------------------------------------------------------------------------
+# Judge version 2: what a reader of summaries prefers (Stiennon et al. 2020): the poster in the
+# third person, the ask stated, no long copied spans, finished sentences, as gates on the score.
+
+FIRST_PERSON = ("Our beagle Toby, three years old, keeps stealing socks and hiding them under the sofa. "
+                "After he swallowed half of one, we paid 300 dollars at the vet, and we ask other beagle "
+                "owners for tips.")
+THIRD_PERSON = FIRST_PERSON.replace("Our beagle Toby", "The poster's beagle Toby").replace(
+    "we paid", "the family paid").replace("and we ask", "and they ask")
+
+
+def test_a_gate_takes_away_its_weight_of_the_score_and_no_more():
+    cut = GOOD.rstrip(".")  # the same words, unfinished
+    r, full = score(cut), score(GOOD)
+    assert r.rules["complete"] == 0.0 and full.rules["complete"] == 1.0
+    assert r.score == pytest.approx(full.score * (1 - J.WEIGHTS["complete"]), abs=1e-5)
+    trailing = score(GOOD.rstrip(".") + "...")
+    assert trailing.score == pytest.approx(full.score * (1 - J.WEIGHTS["complete"] * 0.5), abs=1e-5)
+
+
+def test_retelling_the_post_in_the_first_person_loses_to_the_third_person():
+    first, third = score(FIRST_PERSON), score(THIRD_PERSON)
+    assert first.rules["third_person"] == 0.0 and third.rules["third_person"] == 1.0
+    assert any("first person" in n for n in first.notes)
+    assert first.score < (1 - J.WEIGHTS["third_person"]) * third.score + 0.05
+    assert prefer(POST, FIRST_PERSON, THIRD_PERSON, INSTRUCTION) == 1
+    # First-person pronouns later on cost less than opening as the poster; quotes and "US" are fine.
+    later = score("Toby the beagle steals socks, and my guess is that we paid 300 dollars at the vet.")
+    assert 0.0 < later.rules["third_person"] < 1.0
+    quoted = score('Toby the beagle steals socks; the owner asks "what can I do?" after a 300 dollar vet bill.')
+    assert quoted.rules["third_person"] == 1.0
+    assert score("Toby the beagle from the US steals socks and cost 300 dollars.").rules["third_person"] == 1.0
+
+
+def test_the_posters_ask_must_be_stated_when_the_post_asks():
+    no_ask = GOOD.replace(", so the owner asks other beagle owners for tips.", ".")
+    r = score(no_ask)
+    assert r.rules["ask"] == 0.0 and any("asks" in n for n in r.notes)
+    assert score(GOOD).rules["ask"] == 1.0 and r.score < score(GOOD).score
+    # A post that asks nothing needs no ask: the garlic tip.
+    assert score("Shaking garlic cloves in a closed jar for 20 seconds peels them.", post=SHORT_POST).rules["ask"] == 1.0
+
+
+def test_long_verbatim_spans_lose_to_a_paraphrase():
+    copied = ("Our beagle Toby keeps stealing socks and hiding them under the sofa. Yesterday he swallowed "
+              "half of one, so the owner asks for tips.")
+    r = score(copied)
+    assert r.rules["verbatim"] < 0.5 and any("words in a row" in n for n in r.notes)
+    assert score(GOOD).rules["verbatim"] == 1.0  # "keeps stealing socks and hiding them under the sofa": 9 words
+    assert r.rules["concise"] == 1.0  # too short a copy for the old rule: only this one sees it
+    assert prefer(POST, copied, GOOD, INSTRUCTION) == 1
+
+
+def test_each_reference_outscores_the_copy_of_its_posts_first_50_words():
+    """The judge agrees with the hand-written references that a copy of the post is no summary."""
+    import json
+
+    from rlhf.samples import SAMPLE_DIR
+
+    rows = [json.loads(line) for line in (SAMPLE_DIR / "eval.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) >= 35
+    for i, row in enumerate(rows, 1):
+        post = row["input_text"]
+        copy = " ".join(post.split()[:50])
+        reference, copied = judge(post, row["reference"], INSTRUCTION), judge(post, copy, INSTRUCTION)
+        assert reference.score > copied.score, (i, reference.score, copied.score, copied.notes)
+        assert prefer(post, row["reference"], copy, INSTRUCTION) == 0
