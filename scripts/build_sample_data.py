@@ -39,6 +39,7 @@ from pathlib import Path
 
 from rlhf import judge as J
 from rlhf import storage
+from rlhf.evaluate import extractive as X
 from rlhf.samples import INSTRUCTION, SAMPLE_DIR
 
 SOURCE = SAMPLE_DIR / "source"
@@ -233,6 +234,12 @@ def stats(posts, splits, pairs_by_split, dropped, references, candidates) -> dic
     ref_beats = sum(1 for p, r in zip(pairs_by_split["eval"], (
         J.judge(posts[p["id"]]["text"], references[p["id"]], INSTRUCTION) for p in pairs_by_split["eval"]))
         if r.score > max(s.score for s in p["_scores"]))
+    # Do the labels teach copying or retelling in the first person? (rlhf.evaluate.extractive)
+    extractive = {name: {k: round(v, 4) for k, v in X.group_metrics(
+        [posts[p["id"]]["text"] for p in pairs], [p["candidate_" + str(side(p))] for p in pairs]).items()}
+        for name, side in (("chosen", lambda p: p["choice"]), ("rejected", lambda p: 1 - p["choice"]))}
+    extractive["references"] = {k: round(v, 4) for k, v in X.group_metrics(
+        [posts[i]["text"] for i in splits["eval"]], [references[i] for i in splits["eval"]]).items()}
     rouge_agree = [(_rouge_l(p["candidate_" + str(p["choice"])], references[p["id"]])
                     > _rouge_l(p["candidate_" + str(1 - p["choice"])], references[p["id"]]))
                    for p in pairs_by_split["eval"]]
@@ -265,6 +272,7 @@ def stats(posts, splits, pairs_by_split, dropped, references, candidates) -> dic
             "reference_beats_both_candidates": round(ref_beats / len(pairs_by_split["eval"]), 4),
             "rouge_l_agreement_eval": round(sum(rouge_agree) / len(rouge_agree), 4),
         },
+        "extractive": extractive,
     }
 
 
@@ -322,6 +330,9 @@ def update_readme(manifest: dict) -> None:
         f"| hand-written eval references | mean judge score {j['reference_mean_score']:.3f} (min "
         f"{j['reference_min_score']:.3f}); beat both model candidates on {j['reference_beats_both_candidates']:.1%} of eval posts |",
         f"| judge agrees with ROUGE-L against the reference | {j['rouge_l_agreement_eval']:.1%} of eval pairs |",
+        "| copied 5-grams / opens in the first person: chosen, rejected, references | " + ", ".join(
+            f"{x['copied_5gram_share']:.3f} / {x['first_person_share']:.1%}" for x in
+            (s["extractive"][k] for k in ("chosen", "rejected", "references"))) + " |",
         "",
         "Mean rule score gap, chosen minus rejected (what separates the pairs):",
         "",
