@@ -1,4 +1,4 @@
-"""KFP components: a training stage as a multi-node job (`rlhf.jobs`), and the decision to run one.
+"""KFP components: a training stage as a multi-node job (`rlhf.jobs`).
 
 A launcher takes the training component's own inputs plus where and how the job runs, and declares
 the training component's outputs, so the stage returns the same artifacts whichever ran. It runs on
@@ -11,13 +11,6 @@ from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from components.image import IMAGE
-
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
-def runs_as_job(replica_count: int, machine_type: str) -> bool:
-    """True when the stage needs its own job: several machines, or a named machine type (a pipeline
-    task cannot choose its machine)."""
-    return replica_count > 1 or bool(machine_type.strip())
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -39,6 +32,9 @@ def launch_reward_model_job(
     reward_model_type: str,
     positive_label: str,
     options: dict,
+    existing_classifier: str,
+    tensorboard_resource_id: str,
+    pipeline_job_name: str,
     platform: str,
     image: str,
     replica_count: int,
@@ -49,7 +45,6 @@ def launch_reward_model_job(
     memory_limit: str,
     project: str,
     location: str,
-    pipeline_job_name: str,
     pipeline_root: str,
     encryption_spec_key_name: str,
     eval_data: Optional[Input[Dataset]] = None,
@@ -58,11 +53,16 @@ def launch_reward_model_job(
 ):
     """`train_reward_model` as a job of `replica_count` machines on `platform` (vertex, trainjob,
     pytorchjob); the same outputs, filled from what rank 0 wrote (the ROC curve is not written to
-    disk, so only the in-task step logs it)."""
+    disk, so only the in-task step logs it). An `existing_classifier` is adopted here, no job."""
     from rlhf import storage
     from rlhf.jobs.launcher import Hardware, Launch, launch_reward
     from rlhf.pipeline_settings import REWARD_MODEL
+    from rlhf.reward.existing import adopt
+    from rlhf.vertex_tensorboard import upload_logs
 
+    if existing_classifier.strip():
+        reward_model.metadata["reward_model"] = adopt(reward_model.path, existing_classifier, positive_label)
+        return
     launch = Launch(platform, image, Hardware(replica_count, gpu_type, gpu_count, machine_type, cpu_limit,
                                               memory_limit), project, location, pipeline_job_name,
                     pipeline_root, encryption_spec_key_name)
@@ -80,16 +80,19 @@ def launch_reward_model_job(
         classification_metrics.log_confusion_matrix(labels or LABELS, confusion)
         storage.write_json(classification_metrics.path, classification_metrics.metadata)
     reward_model.metadata["base_model"] = large_model_reference
+    upload_logs(tensorboard_logs.path, tensorboard_resource_id, pipeline_job_name, run_name="reward-model")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def launch_ppo_job(
+def launch_tuning_job(
     prompt_data: Input[Dataset],
+    preference_data: Input[Dataset],
     reward_model: Input[Model],
     policy_adapter: Output[Model],
     metrics: Output[Metrics],
     tensorboard_logs: Output[Artifact],
     samples: Output[Artifact],
+    tuning_method: str,
     large_model_reference: str,
     prompt_sequence_length: int,
     target_sequence_length: int,
@@ -99,6 +102,9 @@ def launch_ppo_job(
     batch_size: int,
     seed: int,
     options: dict,
+    dpo_options: dict,
+    tensorboard_resource_id: str,
+    pipeline_job_name: str,
     platform: str,
     image: str,
     replica_count: int,
@@ -109,17 +115,22 @@ def launch_ppo_job(
     memory_limit: str,
     project: str,
     location: str,
-    pipeline_job_name: str,
     pipeline_root: str,
     encryption_spec_key_name: str,
     instruction: Optional[str] = None,
 ):
-    """`tune_policy` as a job of `replica_count` machines on `platform` (vertex, trainjob,
-    pytorchjob); the same outputs, filled from the run directory rank 0 wrote."""
+    """`tune_policy` with PPO as a job of `replica_count` machines on `platform` (vertex, trainjob,
+    pytorchjob); the same outputs, filled from the run directory rank 0 wrote. DPO trains in its
+    pipeline task only (the first task refuses it here)."""
     from rlhf import storage
+    from rlhf.errors import UserError
     from rlhf.jobs.launcher import Hardware, Launch, launch_ppo
     from rlhf.pipeline_settings import REINFORCEMENT_LEARNING
+    from rlhf.vertex_tensorboard import upload_logs
 
+    if tuning_method != "ppo":
+        raise UserError(f"tuning_method {tuning_method!r} runs in its pipeline task, not as a multi-node job: "
+                        f"set reinforcement_learning_replica_count 1 and reinforcement_learning_machine_type ''")
     launch = Launch(platform, image, Hardware(replica_count, gpu_type, gpu_count, machine_type, cpu_limit,
                                               memory_limit), project, location, pipeline_job_name,
                     pipeline_root, encryption_spec_key_name)
@@ -130,3 +141,5 @@ def launch_ppo_job(
         metrics.log_metric(name, value)
     storage.write_json(metrics.path, summary)  # a file at .path keeps KFP's cache working
     policy_adapter.metadata["base_model"] = base_model
+    upload_logs(tensorboard_logs.path, tensorboard_resource_id, pipeline_job_name,
+                run_name=f"reinforcement-learning-{tuning_method}")

@@ -27,6 +27,9 @@ def train_reward_model(
     reward_model_type: str,
     positive_label: str,
     options: dict,
+    existing_classifier: str,  # the pipeline's reward_model: adopted instead of trained when given
+    tensorboard_resource_id: str,
+    pipeline_job_name: str,
     eval_data: Optional[Input[Dataset]] = None,  # an artifact that may be absent, not a setting
     labeled_data: Optional[Input[Dataset]] = None,  # read only by a classifier
     instruction: Optional[str] = None,  # None: Google's "not given"
@@ -35,11 +38,19 @@ def train_reward_model(
     classifier a sequence classifier on `labeled_data`) and write it to `reward_model` (layout in
     `rlhf.reward`); a preempted task restarted on the same output resumes from its checkpoint.
     Settings default in `RewardConfig`, never here; `options` sets any field the pipeline has no
-    parameter for (e.g. {"margin": 0.5, "checkpoint_every": 50})."""
+    parameter for (e.g. {"margin": 0.5, "checkpoint_every": 50}). With `existing_classifier` (a
+    Hugging Face sequence classifier) nothing is trained: `reward_model` refers to it.
+    `tensorboard_resource_id`: a Vertex AI TensorBoard that receives the event files ("": none)."""
     from rlhf import launch, storage
     from rlhf.pipeline_settings import REWARD_MODEL
+    from rlhf.reward.existing import adopt
     from rlhf.reward.metrics import LABELS, scalar_metrics
     from rlhf.reward.train import train_reward_model as train
+    from rlhf.vertex_tensorboard import upload_logs
+
+    if existing_classifier.strip():
+        reward_model.metadata["reward_model"] = adopt(reward_model.path, existing_classifier, positive_label)
+        return
 
     config = REWARD_MODEL.build({
         **REWARD_MODEL.settings_of(locals()), "preference_dataset": preference_data.path,
@@ -60,3 +71,4 @@ def train_reward_model(
             classification_metrics.log_roc_curve(fpr, tpr, thresholds)
         storage.write_json(classification_metrics.path, classification_metrics.metadata)
     reward_model.metadata["base_model"] = large_model_reference
+    upload_logs(tensorboard_logs.path, tensorboard_resource_id, pipeline_job_name, run_name="reward-model")

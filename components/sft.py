@@ -6,7 +6,7 @@ from typing import NamedTuple, Optional
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
-from components.image import TRAINER_IMAGE
+from components.image import IMAGE, TRAINER_IMAGE
 
 
 @dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
@@ -22,6 +22,8 @@ def supervised_fine_tuning(
     seed: int,
     options: dict,
     supervised_tuning: str,
+    tensorboard_resource_id: str,
+    pipeline_job_name: str,
     instruction: Optional[str] = None,  # None: Google's "not given"
 ) -> NamedTuple("Outputs", base_model=str):
     """Fine-tune a LoRA adapter on the validated demonstrations (`supervised_tuning` sft_dataset) or
@@ -37,6 +39,7 @@ def supervised_fine_tuning(
     from rlhf.pipeline_settings import SUPERVISED_FINE_TUNING as SFT, SUPERVISED_TUNING
     from rlhf.sft.outputs import export_merged_model, run_dir_beside
     from rlhf.sft.run import train_sft
+    from rlhf.vertex_tensorboard import upload_logs
 
     if supervised_tuning not in SUPERVISED_TUNING[1:]:
         raise UserError(f"supervised_tuning {supervised_tuning!r}: use one of {', '.join(SUPERVISED_TUNING[1:])}")
@@ -52,4 +55,12 @@ def supervised_fine_tuning(
         metrics.log_metric(name, value)
     storage.write_json(metrics.path, summary)  # a file at .path keeps KFP's cache working
     sft_model.metadata["base_model"] = large_model_reference
+    upload_logs(tensorboard_logs.path, tensorboard_resource_id, pipeline_job_name, run_name="sft")
     return namedtuple("Outputs", ["base_model"])(sft_model.uri)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def base_model_as_given(large_model_reference: str) -> str:
+    """The base model of the later stages when no supervised fine-tuning runs: the other side of
+    its condition, which `dsl.OneOf` joins with the SFT model's URI."""
+    return large_model_reference

@@ -4,7 +4,7 @@ Same parameter names, types and defaults as Google's, so existing `parameter_val
 plus ours (each with a default, so the Vertex console's run form shows it editable). The docstring's
 Args become the parameters' descriptions in the compiled YAML (the console shows them; `rlhf compile
 --list-parameters` prints them as the README's table). The body is a table of contents: each stage is
-a sub-pipeline in its own module.
+added once, in the order data flows (`pipelines.stages`).
 """
 
 import functools
@@ -13,15 +13,10 @@ from typing import NamedTuple, Optional
 
 from kfp import dsl
 
-from components.deploy import deployment_skipped
-from pipelines.sft import sft_stage
-from pipelines.targets import (GPU_PROFILE, LOCATION_PLACEHOLDER, PROJECT_ID_PLACEHOLDER, arguments_for,
-                               check_target, clear_of_sub_pipeline_groups, job_platform, request_small_machine,
-                               stage_hardware, stage_settings)
-from pipelines.tuning_from import GROUPS_FROM as INNER_GROUPS_FROM
-from pipelines.tuning_from import tuning_from_stage
-from pipelines.validation import validation_stage
-from rlhf.pipeline_settings import SUPERVISED_FINE_TUNING, SUPERVISED_TUNING, TUNING_METHODS, default
+from pipelines import stages
+from pipelines.targets import (LOCATION_PLACEHOLDER, PROJECT_ID_PLACEHOLDER, check_target,
+                               clear_of_sub_pipeline_groups, job_platform)
+from rlhf.pipeline_settings import SUPERVISED_TUNING, TUNING_METHODS, default
 from rlhf.deploy import DEFAULT_SERVING_IMAGE
 
 PIPELINE_NAME = "rlhf-train-template"
@@ -177,64 +172,21 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
           model_resource_name: The model uploaded to the Model Registry; empty when not deployed.
           endpoint_resource_name: The endpoint serving it; empty when not deployed.
         """
-        params = dict(locals())  # every parameter by name, for the stage tables below
-        data = validate_inputs(
-            preference_dataset=preference_dataset,
-            prompt_dataset=prompt_dataset,
-            eval_dataset=eval_dataset,
-            labeled_dataset=labeled_dataset,
-            sft_dataset=sft_dataset,
-            instruction=instruction,
-            large_model_reference=large_model_reference,
-            prompt_sequence_length=prompt_sequence_length,
-            target_sequence_length=target_sequence_length,
-            accelerator_type=accelerator_type,
-            seed=seed,
-            ai_feedback=ai_feedback,
-            ai_feedback_options=ai_feedback_options,
-        ).set_display_name("Validate Inputs")
-        datasets = {name: data.outputs[name] for name in
-                    ("prompt_data", "preference_data", "eval_data", "labeled_data", "has_eval_dataset")}
+        # every parameter by name, for the stages below (locals() also holds this closure's names)
+        params = {name: value for name, value in locals().items() if name in signature}
+        clear_of_sub_pipeline_groups()  # the training stages' own conditions come first
+        checked = stages.validate(target, training_operator, signature, params)
+        preference_data = stages.label(target, params, checked).outputs["preference_data"]
+        base_model = stages.fine_tune(target, params, checked, preference_data)
+        reward = stages.train_reward(target, training_operator, params, checked, preference_data, base_model)
+        reward_model = reward.outputs["reward_model"]
+        policy = stages.tune(target, training_operator, params, checked, preference_data, reward_model, base_model)
+        stages.evaluate(target, params, checked, policy, reward_model, base_model)
+        model, endpoint = stages.deploy(target, params, policy, base_model)
+        return PipelineOutput(model_resource_name=model, endpoint_resource_name=endpoint)
 
-        # The reward model, tuning, evaluation and deployment sit inside each branch, from the base
-        # model or from the SFT model: only Vertex (whose dsl.OneOf kfp's local runner cannot run)
-        # returns deployment outputs.
-        clear_of_sub_pipeline_groups(INNER_GROUPS_FROM + 100)
-        # Off first: the default keeps its task names (tune-from).
-        with dsl.If(supervised_tuning == "off", name="From the base model"):
-            from_base = tune_from(**arguments_for(tune_from, params, **datasets)).set_display_name(
-                "Reward Model, Tuning and Evaluation")
-        with dsl.Else(name="Supervised fine-tuning first"):
-            hardware = stage_hardware("reinforcement_learning", params)  # a policy-sized LoRA run, as DPO
-            sft = fine_tune(
-                preference_data=data.outputs["preference_data"],
-                sft_data=data.outputs["sft_data"],
-                supervised_tuning=supervised_tuning,
-                options=sft_options,
-                tensorboard_resource_id=tensorboard_resource_id,
-                **stage_settings(SUPERVISED_FINE_TUNING, params),
-                **{k: hardware[k] for k in GPU_PROFILE},
-            ).set_display_name("Supervised Fine-Tuning")
-            from_sft = tune_from(**arguments_for(tune_from, params, **datasets,
-                                                 large_model_reference=sft.outputs["base_model"]))
-            from_sft.set_display_name("Reward Model, Tuning and Evaluation from the SFT Model")
-
-        if target == "vertex":
-            return PipelineOutput(**{name: dsl.OneOf(from_base.outputs[name], from_sft.outputs[name])
-                                     for name in PipelineOutput._fields})
-        # No Vertex AI to deploy to: empty names, as Google's pipeline returns when not deploying.
-        deployed = request_small_machine(deployment_skipped(), target).set_display_name(
-            "Upload and Deploy Tuned Model (Vertex AI only): skipped")
-        return PipelineOutput(
-            model_resource_name=deployed.outputs["model_resource_name"],
-            endpoint_resource_name=deployed.outputs["endpoint_resource_name"],
-        )
-
-    # Sub-pipelines are built before the pipeline that calls them (kfp builds a graph on decoration);
-    # the later stages take their inputs' declarations from the pipeline's parameters.
-    validate_inputs = validation_stage(target)
-    fine_tune = sft_stage(target)
-    tune_from = tuning_from_stage(target, training_operator, inspect.signature(rlhf_pipeline).parameters)
+    signature = dict(inspect.signature(rlhf_pipeline).parameters)
+    stages.training_stages(target, training_operator)  # sub-pipelines are built before the pipeline
     return dsl.pipeline(name=PIPELINE_NAME, description=(
         f"Performs reinforcement learning from human feedback (target: {_TARGET_NOTE[target]})."))(rlhf_pipeline)
 

@@ -11,9 +11,10 @@
 
 A training stage with `*_replica_count` > 1 or a `*_machine_type` runs as a multi-node job instead
 (`rlhf.jobs`): a Vertex AI CustomJob on `vertex`; on `kfp` a Kubeflow Trainer TrainJob or a Training
-Operator PyTorchJob when compiled with `--training-operator trainjob|pytorchjob` (without it the
-graph stays one the local runner can run: kfp's local runner cannot resolve `dsl.OneOf`); `local`
-always trains in its task.
+Operator PyTorchJob when compiled with `--training-operator trainjob|pytorchjob`. Such a stage is one
+sub-pipeline holding both ways, chosen by the first task's checked answer, joined with `dsl.OneOf`
+(which kfp's local runner cannot resolve for artifacts: a template without a training operator, and
+`local`, always train in the task, and the local runner runs them whole).
 """
 
 from __future__ import annotations
@@ -99,14 +100,6 @@ def request_small_machine(task: PipelineTask, target: str) -> PipelineTask:
     return task
 
 
-def on_gpus(target: str, make_task: Callable[[str], PipelineTask], *, gpu_type, gpu_count, cpu_limit,
-            memory_limit):
-    """Create a training task (`make_task("gpu")`) on the GPUs its profile asks for; returns
-    `output(name)`, the task's output `name`."""
-    task = request_accelerator(make_task("gpu"), target, gpu_type, gpu_count, cpu_limit, memory_limit)
-    return lambda name: task.outputs[name]
-
-
 # -- one hardware profile per stage ------------------------------------------------------------------
 # A stage sub-pipeline is sized by these inputs; the pipeline fills them from its parameters with
 # `stage_hardware`.
@@ -182,113 +175,57 @@ def declared(types: Mapping[str, type]) -> list[inspect.Parameter]:
     return [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=t) for n, t in types.items()]
 
 
-def passed_through(signature: Mapping[str, inspect.Parameter], names) -> list[inspect.Parameter]:
-    """The pipeline parameters `names`, as inputs of a sub-pipeline they are passed down to: the
-    parent's declaration (type), without its default (the parent always passes a value; None, an
-    optional parameter's "not given", stays)."""
-    return [p if p.default is None else p.replace(default=inspect.Parameter.empty)
-            for name, p in signature.items() if name in names]
-
-
-def hardware_parameters(prefix: str) -> tuple[str, ...]:
-    """The pipeline parameters `stage_hardware(prefix, ...)` reads."""
-    from rlhf.pipeline_settings import MULTI_NODE_STAGES
-    names = tuple(f"{prefix}_{k}" for k in ("accelerator_type", "accelerator_count", "cpu_limit", "memory_limit"))
-    return names + ((f"{prefix}_replica_count", f"{prefix}_machine_type") if prefix in MULTI_NODE_STAGES else ())
-
-
-def stage_parameters(stage: Stage) -> tuple[str, ...]:
-    """The pipeline parameters a stage's settings come from (its typed ones and its options dict)."""
-    return tuple(stage.parameters) + ((stage.options,) if stage.options else ())
-
-
-def arguments_for(sub_pipeline_task_factory, values: Mapping[str, Any], **given) -> dict[str, Any]:
-    """The arguments of a call to a sub-pipeline: `given`, and for each other input the value of the
-    parameter of that name in `values` (the caller's own inputs)."""
-    names = sub_pipeline_task_factory.component_spec.inputs or {}
-    return {**{n: values[n] for n in names if n not in given and n in values}, **given}
-
-
-def in_task_stage(target: str, component, *, name: str, description: str, display_name: str,
-                  tensorboard_run: str, upload_display_name: str, outputs: type):
-    """A stage sub-pipeline that trains with `component` in its own pipeline task, on the GPUs its
-    profile asks for (no multi-node job: `training_stage` for that), and uploads its TensorBoard
-    logs; it takes the component's own inputs plus the hardware profile and returns `outputs` (a
-    NamedTuple of the component's outputs)."""
-    from pipelines.tensorboard import upload_training_metrics
-
-    inputs = component_inputs(component) + declared({**GPU_PROFILE, "tensorboard_resource_id": str})
-
-    @sub_pipeline(name, description, inputs, returns=outputs)
-    def pipeline(tensorboard_resource_id, gpu_type, gpu_count, cpu_limit, memory_limit, **values):
-        def make_task(kind: str) -> PipelineTask:
-            task = component(**values).set_display_name(f"{display_name} ({kind.upper()})")
-            upload_training_metrics(task, target, tensorboard_resource_id, run_name=tensorboard_run,
-                                    display_name=upload_display_name)
-            return task
-
-        output = on_gpus(target, make_task, gpu_type=gpu_type, gpu_count=gpu_count, cpu_limit=cpu_limit,
-                         memory_limit=memory_limit)
-        return outputs(**{field: output(field) for field in outputs._fields})
-
-    return pipeline
-
-
-def training_stage(target: str, component, launcher, *, name: str, description: str, display_name: str,
-                   tensorboard_run: str, upload_display_name: str, outputs: type,
-                   training_operator: str | None = None):
-    """A stage sub-pipeline that trains with `component` on the GPUs its profile asks for and uploads
-    its TensorBoard logs; it takes the component's own inputs plus the hardware profile, and returns
+def training_stage(target: str, component, launcher, *, name: str, description: str, outputs: type,
+                   training_operator: str | None = None) -> Callable[..., PipelineTask]:
+    """A training stage: `add(display_name, as_job, hardware, nodes, encryption_spec_key_name,
+    **inputs)` adds it to the pipeline being built and returns its task, whose outputs are
     `outputs` (a NamedTuple of the component's outputs).
 
-    Except on `local`, a stage asked for several machines or a machine type runs `launcher` instead
-    (the same inputs and outputs; `components.jobs`), which creates a multi-node job on the target's
-    platform from a small CPU machine: `dsl.If` on a small decision step, `dsl.OneOf` for outputs."""
+    Where the target can launch jobs (`job_platform`), the stage is one sub-pipeline named
+    `name`: `launcher` (the same inputs and outputs; `components.jobs`) creates a multi-node job
+    from a small CPU machine when the checked `as_job` says so, else `component` trains in the
+    task on the GPUs the profile asks for; `dsl.OneOf` joins their outputs. Elsewhere the stage is
+    `component`'s task alone."""
     from components.image import TRAINER_IMAGE
-    from components.jobs import runs_as_job
-    from pipelines.tensorboard import upload_training_metrics
 
     platform = job_platform(target, training_operator)
+
+    def in_task(values, hardware):
+        return request_accelerator(component(**values), target, hardware["gpu_type"], hardware["gpu_count"],
+                                   hardware["cpu_limit"], hardware["memory_limit"])
+
+    if platform is None:
+        def add(display_name, as_job, hardware, nodes, encryption_spec_key_name, **values):
+            return in_task(values, hardware).set_display_name(display_name)
+        return add
+
     inputs = component_inputs(component) + declared(
-        {**GPU_PROFILE, **NODES_PROFILE, "tensorboard_resource_id": str, "encryption_spec_key_name": str})
+        {**GPU_PROFILE, **NODES_PROFILE, "as_job": bool, "encryption_spec_key_name": str})
 
     @sub_pipeline(name, description, inputs, returns=outputs)
-    def pipeline(tensorboard_resource_id, encryption_spec_key_name, **values):
+    def stage(as_job, encryption_spec_key_name, **values):
         hardware = {k: values.pop(k) for k in GPU_PROFILE}
         nodes = {k: values.pop(k) for k in NODES_PROFILE}
-
-        def make_task(kind: str) -> PipelineTask:
-            task = component(**values).set_display_name(f"{display_name} ({kind.upper()})")
-            upload_training_metrics(task, target, tensorboard_resource_id, run_name=tensorboard_run,
-                                    display_name=upload_display_name)
-            return task
-
-        if platform is None:  # always in the task (local; Kubeflow without a training operator)
-            output = on_gpus(target, make_task, **hardware)
-            return outputs(**{field: output(field) for field in outputs._fields})
-
-        decide = request_small_machine(runs_as_job(**nodes), target).set_display_name(
-            "Several machines or a machine type?")
-        with dsl.If(decide.output == True, name="As a multi-node job"):  # noqa: E712 (a pipeline condition)
-            on_vertex = platform == "vertex"
+        on_vertex = platform == "vertex"
+        with dsl.If(as_job == True, name="As a multi-node job"):  # noqa: E712 (a pipeline condition)
             job = launcher(
                 **values, **nodes, platform=platform, image=TRAINER_IMAGE,
                 gpu_type=hardware["gpu_type"], gpu_count=0 if target == "kfp-cpu" else hardware["gpu_count"],
                 cpu_limit=hardware["cpu_limit"], memory_limit=hardware["memory_limit"],
                 project=PROJECT_ID_PLACEHOLDER if on_vertex else "",
                 location=LOCATION_PLACEHOLDER if on_vertex else "",
-                pipeline_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                 pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER if on_vertex else "",
                 encryption_spec_key_name=encryption_spec_key_name,
-            ).set_display_name(f"{display_name} (multi-node job)")
+            ).set_display_name("Launch the multi-node job")
             request_small_machine(with_hub_token_secret(job), target)
-            upload_training_metrics(job, target, tensorboard_resource_id, run_name=tensorboard_run,
-                                    display_name=upload_display_name)
         with dsl.Else(name="In the pipeline task"):
-            output = on_gpus(target, make_task, **hardware)
-        return outputs(**{field: dsl.OneOf(job.outputs[field], output(field)) for field in outputs._fields})
+            task = in_task(values, hardware).set_display_name("Train in the pipeline task")
+        return outputs(**{field: dsl.OneOf(job.outputs[field], task.outputs[field]) for field in outputs._fields})
 
-    return pipeline
+    def add(display_name, as_job, hardware, nodes, encryption_spec_key_name, **values):
+        return stage(**values, **hardware, **nodes, as_job=as_job,
+                     encryption_spec_key_name=encryption_spec_key_name).set_display_name(display_name)
+    return add
 
 
 def clear_of_sub_pipeline_groups(skip: int = 100) -> None:

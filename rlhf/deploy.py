@@ -125,3 +125,27 @@ def deploy(*, model_resource_name: str, project: str, location: str, display_nam
                  min_replica_count=1, max_replica_count=1, traffic_percentage=100,
                  encryption_spec_key_name=encryption_spec_key_name or None)
     return endpoint.resource_name
+
+
+def upload_and_deploy(*, adapter_dir: str, merged_uri: str, deploy_model: bool, project: str,
+                      location: str, large_model_reference: str, pipeline_job_name: str, model_display_name: str,
+                      serving_container_image_uri: str, serving_container_args: list, machine_type: str,
+                      accelerator_type: str, accelerator_count: int, max_model_len: int,
+                      encryption_spec_key_name: str = "", api_endpoint: str = "") -> tuple[str, str]:
+    """The pipeline's Upload and Deploy stage: with `deploy_model`, merge the adapter at `adapter_dir`
+    into `merged_uri` (the Cloud Storage directory the Model Registry reads), upload and deploy it;
+    returns the (model, endpoint) resource names, both empty without `deploy_model`."""
+    if not deploy_model:
+        return "", ""
+    merge_adapter(adapter_dir, merged_uri, large_model_reference)
+    display_name = model_display_name or default_display_name(large_model_reference, pipeline_job_name)
+    model = upload(model_uri=merged_uri, project=project, location=location, display_name=display_name,
+                   serving_container_image_uri=serving_container_image_uri,
+                   serving_container_args=serving_container_args, accelerator_count=accelerator_count,
+                   max_model_len=max_model_len, encryption_spec_key_name=encryption_spec_key_name,
+                   api_endpoint=api_endpoint)
+    endpoint = deploy(model_resource_name=model, project=project, location=location, display_name=display_name,
+                      machine_type=machine_type, accelerator_type=accelerator_type,
+                      accelerator_count=accelerator_count, encryption_spec_key_name=encryption_spec_key_name,
+                      api_endpoint=api_endpoint)
+    return model, endpoint

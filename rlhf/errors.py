@@ -7,3 +7,18 @@ class UserError(Exception):
 
 class StorageError(UserError):
     """A path, bucket or object that cannot be read or written."""
+
+
+class reported_as_task_failure:
+    """In a pipeline task: a UserError ends the task with its message alone and exit code 2, so the
+    task's log (the Vertex console's, the Kubeflow UI's) says what to fix, not where Python was."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, UserError):
+            import sys
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        return False

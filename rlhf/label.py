@@ -22,17 +22,21 @@ drop is counted in the printed stats.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import json
 import logging
 import math
+import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from rlhf import settings, storage
 from rlhf.data import canonical
+from rlhf.data.validate import ValidateConfig, ValidationOutputs, run_validation
 from rlhf.errors import UserError
 from rlhf.settings import Settings, at_least, given, positive, setting, within
 
@@ -294,3 +298,28 @@ def _progress(total: int, show: bool):
         return _NoBar()
     from tqdm.auto import tqdm  # comes with transformers (huggingface_hub)
     return tqdm(total=total, desc="labelling prompts", unit="prompt", file=sys.stderr)
+
+
+def label_or_hand_on(validated_preferences: str, preference_data: str, ranked: str, ai_feedback: bool,
+                     config: LabelConfig) -> bool:
+    """The pipeline's labels stage: with `ai_feedback` and no validated preference pairs, label the
+    prompts into `ranked` (ranked candidates) and write their pairs, validated and canonical, to
+    `preference_data` (True); otherwise copy the validated pairs there unchanged and leave `ranked`
+    empty (False)."""
+    if not ai_feedback or storage.read_text(validated_preferences).strip():
+        storage.write_text(ranked, "")
+        storage.write_text(preference_data, storage.read_text(validated_preferences))
+        return False
+    stats = label(dataclasses.replace(config, output=ranked))
+    print(stats.to_dict())
+    if not stats.rows:
+        raise UserError(f"AI feedback labelled none of {stats.prompts} prompts (candidates identical, empty "
+                        f"or tied on the judge's score: {stats.to_dict()}); sample more candidates or at a "
+                        f"higher temperature with ai_feedback_options, or give a preference_dataset")
+    with tempfile.TemporaryDirectory() as scratch:
+        outputs = ValidationOutputs.in_dir(scratch)
+        report = run_validation(ValidateConfig(preference_dataset=ranked), outputs)
+        if not report.ok:
+            raise UserError(report.problem_text())
+        storage.write_text(preference_data, storage.read_text(outputs.preference))
+    return True

@@ -442,9 +442,7 @@ def pipeline_problems(values: Mapping[str, Any]) -> list[tuple[str, str]]:
         return []
     configs = {}
     for key, stage in (("reward", REWARD_MODEL), ("ppo", REINFORCEMENT_LEARNING), ("evaluation", EVALUATION)):
-        typed = {f: values[p] for p, f in stage.parameters.items() if values.get(p) is not None}
-        options = values.get(stage.options) if stage.options else None
-        configs[key] = stage.build(typed, options)
+        configs[key] = stage.build(stage.fields_from(values), values.get(stage.options) if stage.options else None)
     work = Workload.from_configs(configs["reward"], configs["ppo"], configs["evaluation"])
     steps = [s for s in STEPS if s == "evaluation" or values.get("accelerator_type", "GPU") != "TPU"]
     hardware = {}

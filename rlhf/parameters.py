@@ -17,7 +17,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Collection, Iterable, Mapping, Optional
 
 import yaml
 
@@ -218,20 +218,27 @@ def _machine_type(value) -> Optional[str]:
     return machine_type_problem(value)
 
 
-def _job_machine_problems(template: "Template", values: Mapping[str, Any]) -> list[tuple[str, str]]:
+def job_machine_problems(values: Mapping[str, Any], target: Optional[str], launches_jobs: bool
+                         ) -> list[tuple[str, str]]:
     """A stage asked to run as a job (several machines, or a machine type) needs a template that
     launches jobs (a Kubeflow one is compiled with --training-operator); on Vertex AI, with no
-    machine type given, a machine that carries its GPUs (`rlhf.jobs.machines`)."""
+    machine type given, a machine that carries its GPUs (`rlhf.jobs.machines`). DPO trains in its
+    pipeline task only."""
     from rlhf.jobs.machines import machine_type_for
+    from rlhf.pipeline_settings import tuning_method
     out = []
     for prefix in MULTI_NODE_STAGES:
         replicas, machine = values.get(f"{prefix}_replica_count", 1), values.get(f"{prefix}_machine_type", "")
-        if (replicas > 1 or machine) and not template.launches_jobs:
-            name = f"{prefix}_replica_count" if replicas > 1 else f"{prefix}_machine_type"
+        name = f"{prefix}_replica_count" if replicas > 1 else f"{prefix}_machine_type"
+        if (replicas > 1 or machine) and not launches_jobs:
             out.append((name, f"{name} {values[name]!r}: this template trains every stage in one pod; compile "
                               f"it with `rlhf compile --target kfp --training-operator trainjob` (or pytorchjob) "
                               f"to run a stage on several machines"))
-        elif replicas > 1 and not machine and template.target == "vertex":
+        elif (replicas > 1 or machine) and prefix == "reinforcement_learning" and tuning_method(values) == "dpo":
+            out.append((name, f"{name} {values[name]!r}: DPO trains on one machine (its pipeline task); leave "
+                              f"reinforcement_learning_replica_count at 1 and reinforcement_learning_machine_type "
+                              f"empty, or use tuning_method ppo"))
+        elif replicas > 1 and not machine and target == "vertex":
             try:
                 machine_type_for(values.get(f"{prefix}_accelerator_type", ""),
                                  values.get(f"{prefix}_accelerator_count", 1), what=f"{prefix}_machine_type")
@@ -287,6 +294,46 @@ def _suggest(name: str, known: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def value_problems(values: Mapping[str, Any], given: Optional[Collection[str]] = None,
+                   target: Optional[str] = None, launches_jobs: bool = False,
+                   remote: Optional[str] = None) -> list[tuple[str, str]]:
+    """(parameter, problem) for every typed pipeline parameter value in `values` (all of them: given
+    or default). The one check behind `rlhf submit`, `rlhf run-local` and the pipeline's own first
+    task (`rlhf.pipeline_inputs`), so a value typed in a console is refused as the CLI refuses it.
+    `given`: the names the user set (None: unknown); `target`/`launches_jobs`: the template's."""
+    hardware = _hardware_rules()
+    problems: list[tuple[str, str]] = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        rule = hardware.get(name)
+        problem = rule(value) if rule else None
+        if problem is None and isinstance(value, str) and value[:3].lower() == "gs:":
+            problem = gcs_uri_problem(value)
+            if problem:
+                problem = f"malformed Cloud Storage URI {value!r}: {problem}"
+        if problem is None and remote and name.endswith("_dataset") and value and (given is None or name in given):
+            problem = _remote_path_problem(value, remote)
+        if problem:
+            problems.append((name, f"parameter {name!r} {problem}"))
+    if problems:
+        return problems
+    problems += setting_problems(values, given=given)
+    if not str(values.get("preference_dataset") or "").strip() and not values.get("ai_feedback") \
+            and (given is None or "preference_dataset" in given):
+        problems.append(("preference_dataset", "parameter 'preference_dataset' is empty: give a preference JSONL "
+                                               "or set ai_feedback=true to label the prompt dataset with AI feedback"))
+    if values.get("reward_model_type") == "classifier" and not str(values.get("labeled_dataset") or "").strip():
+        problems.append(("reward_model_type", "reward_model_type classifier needs labeled data: set labeled_dataset "
+                                              "to a labeled JSONL (input_text or messages, output_text, label)"))
+    if target != "local":
+        problems += job_machine_problems(values, target, launches_jobs)
+    if not problems:  # does the model fit each GPU stage? (rlhf.memory_plan; aliases and local configs)
+        from rlhf.memory_plan import pipeline_problems
+        problems += pipeline_problems(values)
+    return problems
+
+
 def check_parameters(template: Template, values: Mapping[str, Any], sources: Mapping[str, str],
                      raw_strings: Iterable[str] = (), remote: Optional[str] = None) -> dict[str, Any]:
     """Typed, checked values; raises one UserError listing every problem.
@@ -296,7 +343,6 @@ def check_parameters(template: Template, values: Mapping[str, Any], sources: Map
     parameters must be readable there (`_remote_path_problem`), not paths on this machine.
     """
     params = template.parameters
-    hardware = _hardware_rules()
     raw = set(raw_strings)
     problems: list[str] = []
     out: dict[str, Any] = {}
@@ -313,46 +359,18 @@ def check_parameters(template: Template, values: Mapping[str, Any], sources: Map
             problems.append(f"{where}: parameter {name!r} must be {_TYPE_WORDS.get(param.type, param.type)}, "
                             f"got {value!r}")
             continue
-        if typed is None:
-            continue  # null in a parameter file: left unset, as if not given
-        rule = hardware.get(name)
-        problem = rule(typed) if rule and typed is not None else None
-        if problem is None and isinstance(typed, str) and typed[:3].lower() == "gs:":
-            problem = gcs_uri_problem(typed)
-            if problem:
-                problem = f"malformed Cloud Storage URI {typed!r}: {problem}"
-        if problem is None and remote and name.endswith("_dataset") and typed:
-            problem = _remote_path_problem(typed, remote)
-        if problem:
-            problems.append(f"{where}: parameter {name!r} {problem}")
-            continue
-        out[name] = typed
-    if not problems:  # each step's own checks, on the values it would get (given, else default)
-        every = {name: p.default for name, p in params.items() if p.has_default}
-        every.update(out)
-        for name, problem in setting_problems(every, given=set(out)):
-            problems.append(f"{sources.get(name) or template.path}: {problem}")
-        if "preference_dataset" in out and not str(out["preference_dataset"] or "").strip() \
-                and not every.get("ai_feedback"):
-            fix = (" or set ai_feedback=true to label the prompt dataset with AI feedback"
-                   if "ai_feedback" in params else "")
-            problems.append(f"{sources.get('preference_dataset') or template.path}: parameter "
-                            f"'preference_dataset' is empty: give a preference JSONL{fix}")
-        if every.get("reward_model_type") == "classifier" and not str(every.get("labeled_dataset") or "").strip():
-            problems.append(f"{sources.get('reward_model_type') or template.path}: reward_model_type classifier "
-                            "needs labeled data: set labeled_dataset to a labeled JSONL (input_text or messages, "
-                            "output_text, label)")
-        if template.target != "local":
-            for name, problem in _job_machine_problems(template, every):
-                problems.append(f"{sources.get(name) or template.path}: {problem}")
-        if not problems:  # does the model fit each GPU stage? (rlhf.memory_plan; aliases and local configs)
-            from rlhf.memory_plan import pipeline_problems
-            for name, problem in pipeline_problems(every):
-                problems.append(f"{sources.get(name) or template.path}: {problem}")
+        if typed is not None:  # null in a parameter file: left unset, as if not given
+            out[name] = typed
     for name, param in params.items():
         if param.required and name not in values:
             problems.append(f"{template.path}: required parameter {name!r} has no value: "
                             f"pass --parameter {name}=VALUE or put it in --parameter-file")
+    if not problems:  # each step's own checks, on the values it would get (given, else default)
+        every = {name: p.default for name, p in params.items() if p.has_default}
+        every.update(out)
+        for name, problem in value_problems(every, given=set(out), target=template.target,
+                                            launches_jobs=template.launches_jobs, remote=remote):
+            problems.append(f"{sources.get(name) or template.path}: {problem}")
     if problems:
         raise UserError(f"{len(problems)} problem(s) with the parameter values; nothing was submitted:\n"
                         + "\n".join(f"  {p}" for p in problems))

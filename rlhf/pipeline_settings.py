@@ -54,6 +54,11 @@ class Stage:
         after the fields the pipeline feeds, so a new one needs no second list here."""
         return {field: arguments[field] for field in self.parameters.values()}
 
+    def fields_from(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The typed settings out of pipeline parameter values (by parameter name; None, an optional
+        parameter left unset, leaves the field at its default)."""
+        return {field: values[p] for p, field in self.parameters.items() if values.get(p) is not None}
+
     def parameter_for(self, field: str) -> Optional[str]:
         return next((p for p, f in self.parameters.items() if f == field), None)
 
@@ -213,8 +218,7 @@ def setting_problems(values: Mapping[str, Any], given: Optional[Collection[str]]
     for stage in STAGES:
         if not stage.when(values):
             continue  # a stage this run skips: its settings do not apply
-        typed = {field: values[p] for p, field in stage.parameters.items()
-                 if p in values and values[p] is not None}
+        typed = stage.fields_from(values)
         options = values.get(stage.options) if stage.options else None
         try:
             config = stage.build(typed, options)

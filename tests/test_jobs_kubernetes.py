@@ -254,7 +254,7 @@ def test_the_training_operator_flag_picks_the_kubeflow_job_kind(tmp_path):
     assert _launcher_platforms(spec) == {"pytorchjob"}
     done, spec = _compile(tmp_path, "--target", "kfp", "--training-operator", "trainjob", "--no-gpu")
     assert _launcher_platforms(spec) == {"trainjob"}
-    launcher = spec["deploymentSpec"]["executors"]["exec-launch-ppo-job"]["container"]
+    launcher = spec["deploymentSpec"]["executors"]["exec-launch-tuning-job"]["container"]
     assert "accelerator" not in launcher.get("resources", {})  # a CPU step; the job's nodes hold the GPUs
     done, _ = _compile(tmp_path, "--target", "vertex", "--training-operator", "trainjob")
     assert done.returncode == 2 and "--training-operator applies to --target kfp" in done.stderr

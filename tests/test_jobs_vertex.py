@@ -21,8 +21,9 @@ import pytest
 import yaml
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Metrics, Model
 
-from components.jobs import launch_ppo_job, launch_reward_model_job, runs_as_job
+from components.jobs import launch_reward_model_job, launch_tuning_job
 from rlhf import storage
+from rlhf.pipeline_inputs import check_values
 from rlhf.errors import UserError
 from rlhf.jobs import stages
 from rlhf.jobs.follow import POLL_ENV, JobFailed
@@ -300,29 +301,28 @@ def test_a_template_compiled_for_vertex_launches_a_two_replica_custom_job(vertex
     given = {"prompt_dataset": "gs://b/p.jsonl", "preference_dataset": "gs://b/pref.jsonl",
              "large_model_reference": "llama-2-7b"}
 
-    # the decision step: one machine by default (in the task), a job with two
-    decide, _ = _task_values(spec, "reinforcement-learning/runs-as-job", given)
-    assert runs_as_job.python_func(**decide) is False
-    decide, _ = _task_values(spec, "reinforcement-learning/runs-as-job",
-                             {**given, "reinforcement_learning_replica_count": 2})
-    assert decide == {"replica_count": 2, "machine_type": ""}
-    assert runs_as_job.python_func(**decide) is True
+    # the first task's checked answer: one machine by default (in the task), a job with two
+    small = {"prompt_dataset": "gs://bucket/p.jsonl", "preference_dataset": "gs://bucket/pref.jsonl",
+             "large_model_reference": "smollm2-135m-instruct"}  # fits the default L4s
+    checks, _ = _task_values(spec, "validate-inputs", small)
+    assert check_values(checks, "vertex", launches_jobs=True).tuning_as_job is False
+    checks, _ = _task_values(spec, "validate-inputs", {**small, "reinforcement_learning_replica_count": 2})
+    assert check_values(checks, "vertex", launches_jobs=True).tuning_as_job is True
 
-    values, conditions = _task_values(spec, "launch-ppo-job", {**given, "reinforcement_learning_replica_count": 2})
-    assert [c for c, _ in conditions] == [  # no SFT, a trained reward model, PPO (not DPO), then as a job
-        "inputs.parameter_values['pipelinechannel--supervised_tuning'] == 'off'",
-        "inputs.parameter_values['pipelinechannel--reward_model'] == ''",
-        "inputs.parameter_values['pipelinechannel--tuning_method'] != 'dpo'",
-        "inputs.parameter_values['pipelinechannel--runs-as-job-Output'] == true"]
+    values, conditions = _task_values(spec, "launch-tuning-job", {**given, "reinforcement_learning_replica_count": 2})
+    assert [c for c, _ in conditions] == ["inputs.parameter_values['pipelinechannel--as_job'] == true"]
     _vertex_placeholders.root = f"{gcs_prefix}/root"
     values = {k: _vertex_placeholders(v) for k, v in values.items()}
+    assert values["large_model_reference"]["taskOutputParameter"]["producerTask"].startswith("condition-branches")
+    values["large_model_reference"] = given["large_model_reference"]  # SFT off: the base model as given
     assert (values["replica_count"], values["platform"], values["project"]) == (2, "vertex", PROJECT)
 
     task = f"{gcs_prefix}/root/{PIPELINE_JOB}/tune-policy"
     outputs = {"policy_adapter": Model(uri=f"{task}/policy_adapter"), "metrics": Metrics(uri=f"{task}/metrics"),
                "tensorboard_logs": Artifact(uri=f"{task}/tensorboard_logs"), "samples": Artifact(uri=f"{task}/samples")}
-    launch_ppo_job.python_func(prompt_data=Dataset(uri=f"{gcs_prefix}/prompt_data"),
-                               reward_model=Model(uri=f"{gcs_prefix}/reward_model"), **outputs, **values)
+    launch_tuning_job.python_func(prompt_data=Dataset(uri=f"{gcs_prefix}/prompt_data"),
+                                  preference_data=Dataset(uri=f"{gcs_prefix}/preference_data"),
+                                  reward_model=Model(uri=f"{gcs_prefix}/reward_model"), **outputs, **values)
 
     (request,) = vertex.requests_to("POST", r"/customJobs$")
     pools = request.body["jobSpec"]["workerPoolSpecs"]
@@ -348,7 +348,7 @@ def test_the_reward_launcher_component_fills_the_same_outputs_as_the_in_task_ste
     settings = {**REWARD_MODEL.defaults(), "large_model_reference": "llama-2-7b"}
     launch_reward_model_job.python_func(
         preference_data=Dataset(uri=f"{gcs_prefix}/pref"), **outputs, **settings, options={},
-        platform="vertex", image=IMAGE, replica_count=2, machine_type="", gpu_type="NVIDIA_L4", gpu_count=1,
+        existing_classifier="", tensorboard_resource_id="", platform="vertex", image=IMAGE, replica_count=2, machine_type="", gpu_type="NVIDIA_L4", gpu_count=1,
         cpu_limit="8", memory_limit="32G", project=PROJECT, location=LOCATION, pipeline_job_name=PIPELINE_JOB,
         pipeline_root=f"{gcs_prefix}/root", encryption_spec_key_name="")
     assert outputs["metrics"].metadata == {"heldout/accuracy": 0.75, "reward/normalization_mean": 0.1}
@@ -357,12 +357,12 @@ def test_the_reward_launcher_component_fills_the_same_outputs_as_the_in_task_ste
 
 
 def test_launcher_inputs_are_the_trainers_plus_where_the_job_runs():
-    from components.ppo import tune_policy
     from components.reward import train_reward_model
+    from components.tune import tune_policy
     import inspect
     where = {"platform", "image", "replica_count", "machine_type", "gpu_type", "gpu_count", "cpu_limit",
-             "memory_limit", "project", "location", "pipeline_job_name", "pipeline_root", "encryption_spec_key_name"}
-    for trainer, launcher in ((train_reward_model, launch_reward_model_job), (tune_policy, launch_ppo_job)):
+             "memory_limit", "project", "location", "pipeline_root", "encryption_spec_key_name"}
+    for trainer, launcher in ((train_reward_model, launch_reward_model_job), (tune_policy, launch_tuning_job)):
         ours = inspect.signature(launcher.python_func).parameters
         theirs = inspect.signature(trainer.python_func).parameters
         assert set(ours) - set(theirs) == where
@@ -374,11 +374,12 @@ def test_launcher_inputs_are_the_trainers_plus_where_the_job_runs():
 LAUNCHER_SCRIPT = textwrap.dedent("""
     import sys
     from kfp.dsl import Artifact, Dataset, Metrics, Model
-    from components.jobs import launch_ppo_job
+    from components.jobs import launch_tuning_job
     from rlhf.pipeline_settings import REINFORCEMENT_LEARNING
     prefix = sys.argv[1]
-    launch_ppo_job.python_func(
-        prompt_data=Dataset(uri=prefix + "/prompts"), reward_model=Model(uri=prefix + "/rm"),
+    launch_tuning_job.python_func(
+        prompt_data=Dataset(uri=prefix + "/prompts"), preference_data=Dataset(uri=prefix + "/prefs"),
+        reward_model=Model(uri=prefix + "/rm"), tuning_method="ppo", dpo_options={}, tensorboard_resource_id="",
         policy_adapter=Model(uri=prefix + "/task/policy_adapter"), metrics=Metrics(uri=prefix + "/task/metrics"),
         tensorboard_logs=Artifact(uri=prefix + "/task/tb"), samples=Artifact(uri=prefix + "/task/samples"),
         **dict(REINFORCEMENT_LEARNING.defaults(), large_model_reference="llama-2-7b"), options={}, platform="vertex",

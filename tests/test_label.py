@@ -191,28 +191,40 @@ def test_the_pipeline_runs_locally_with_ai_feedback_instead_of_preference_data(
     assert code == 0, stdout[-3000:]
     run, = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     outputs = find_outputs(run)
-    labels = [json.loads(line) for line in outputs["label-preferences/labeled_preferences"].read_text().splitlines()]
-    pairs = outputs["validate-data/preference_data"].read_text().splitlines()
+    labels = [json.loads(line) for line in outputs["ai-feedback-labels/ranked_labels"].read_text().splitlines()]
+    pairs = outputs["ai-feedback-labels/preference_data"].read_text().splitlines()
+    assert outputs["validate-inputs/preference_data"].read_text() == ""  # none given: labelled after validation
     assert len(labels) == 4 and len(pairs) == sum(len(r["candidates"]) * (len(r["candidates"]) - 1) // 2
                                                   for r in labels)
     assert {json.loads(p)["messages"][0]["content"] for p in pairs} == {r["input_text"] for r in labels}
     assert "tune-policy/policy_adapter" in outputs
-    assert "AI-feedback preference labels" in stdout  # listed at the end
+    assert "AI-feedback labels, ranked" in stdout  # listed at the end
 
 
-def test_the_label_component_passes_a_given_preference_dataset_through(tmp_path):
+def test_the_label_stage_hands_validated_preference_pairs_on(tmp_path):
     from kfp import dsl
-    from components.label import label_preferences
+    from components.label import ai_feedback_labels
 
-    out = tmp_path / "labels.jsonl"
+    validated = tmp_path / "validated.jsonl"
+    validated.write_text('{"pair": 1}\n')
     common = dict(prompt_dataset=samples.prompt_dataset(), large_model_reference="no-such-model",
-                  prompt_sequence_length=64, target_sequence_length=8, seed=0, options={},
-                  labeled_preferences=dsl.Dataset(name="labeled_preferences", uri=str(out), metadata={}))
-    # A preference dataset given, or no ai_feedback: nothing is labelled (no model is loaded).
-    assert label_preferences.python_func(preference_dataset=samples.preference_dataset(), ai_feedback=True,
-                                         **common) is False
-    assert out.read_text() == ""
-    assert label_preferences.python_func(preference_dataset="", ai_feedback=False, **common) is False
+                  prompt_sequence_length=64, target_sequence_length=8, seed=0, options={})
+
+    def run(ai_feedback: bool, given: Path) -> bool:
+        outputs = {name: dsl.Dataset(name=name, uri=str(tmp_path / name), metadata={})
+                   for name in ("preference_data", "ranked_labels")}
+        labelled = ai_feedback_labels.python_func(
+            validated_preferences=dsl.Dataset(name="v", uri=str(given), metadata={}), ai_feedback=ai_feedback,
+            **outputs, **common)
+        assert (tmp_path / "preference_data").read_text() == given.read_text()
+        assert (tmp_path / "ranked_labels").read_text() == ""
+        return labelled
+
+    # Pairs given, or no ai_feedback: nothing is labelled (no model is loaded).
+    assert run(ai_feedback=True, given=validated) is False
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert run(ai_feedback=False, given=empty) is False
 
 
 def test_submit_refuses_an_empty_preference_dataset_unless_ai_feedback(tmp_path):

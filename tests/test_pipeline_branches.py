@@ -1,6 +1,6 @@
-"""The compiled graph's branches: from the base model or from the SFT model (`supervised_tuning`),
-with a trained reward model or an existing classifier (`reward_model`); the new parameters, their
-defaults and descriptions; what each branch hands on."""
+"""The compiled graph's choices: each stage once, an option changing what it does. Supervised tuning
+on or off hands the later stages their base model; an existing classifier reaches the reward stage;
+PPO or DPO is the tune stage's own input; conditions read only checked values (the first task's)."""
 
 from __future__ import annotations
 
@@ -12,23 +12,32 @@ from rlhf.pipeline_settings import SUPERVISED_TUNING
 
 NEW_PARAMETERS = {"supervised_tuning": ("STRING", "off"), "sft_dataset": ("STRING", ""),
                   "sft_options": ("STRUCT", {}), "reward_model": ("STRING", "")}
+LATER_STAGES = ("train-reward-model", "tune-policy")
 
 
-def _spec(target: str) -> dict:
-    return json_format.MessageToDict(build_pipeline(target).pipeline_spec)
+def _spec(target: str, operator: str | None = None) -> dict:
+    return json_format.MessageToDict(build_pipeline(target, operator).pipeline_spec)
 
 
-def _dag(spec: dict, component: str) -> dict:
-    return spec["components"][component]["dag"]["tasks"] if component != "root" else spec["root"]["dag"]["tasks"]
+def _root(spec: dict) -> dict:
+    return spec["root"]["dag"]["tasks"]
 
 
-def _branches(spec: dict, component: str) -> list[tuple[str, dict]]:
-    """(condition, tasks) of the If/Else under `component`'s DAG."""
-    tasks = _dag(spec, component)
-    group = next(t for t in tasks.values() if t["componentRef"]["name"].startswith("comp-condition-branches"))
-    inner = _dag(spec, group["componentRef"]["name"])
-    return [(t["triggerPolicy"]["condition"], _dag(spec, t["componentRef"]["name"]))
-            for _, t in sorted(inner.items())]  # If, then Else
+def _task_named(spec: dict, display_name: str, component: dict | None = None, condition: str = ""):
+    """(name, task) of the task shown as `display_name`, searched through condition groups; the task
+    carries the condition of the nearest group around it as "condition"."""
+    for name, task in (component or spec["root"])["dag"]["tasks"].items():
+        here = task.get("triggerPolicy", {}).get("condition", condition)
+        if task["taskInfo"]["name"] == display_name:
+            return name, {**task, "condition": here}
+        ref = spec["components"][task["componentRef"]["name"]]
+        if "dag" in ref and name.startswith("condition"):
+            found = _task_named(spec, display_name, ref, here)
+            if found:
+                return found
+    if component is None:
+        raise AssertionError(f"no task {display_name!r}")
+    return None
 
 
 @pytest.mark.parametrize("target", ["vertex", "kfp", "local"])
@@ -41,43 +50,60 @@ def test_the_new_parameters_have_their_defaults_and_descriptions(target):
     assert SUPERVISED_TUNING[0] == "off"
 
 
-def test_supervised_tuning_branches_hand_the_sft_model_on_as_the_base():
+def test_supervised_tuning_hands_the_later_stages_the_sft_model_or_the_base_as_given():
     spec = _spec("kfp")
-    (off_condition, from_base), (sft_condition, from_sft) = _branches(spec, "root")
-    assert off_condition == "inputs.parameter_values['pipelinechannel--supervised_tuning'] == 'off'"
-    assert sft_condition == f"!({off_condition})"
-    assert set(from_base) == {"tune-from"}
-    assert set(from_sft) == {"supervised-fine-tuning", "tune-from-2"}
-    base = from_base["tune-from"]["inputs"]["parameters"]["large_model_reference"]
-    assert base == {"componentInputParameter": "pipelinechannel--large_model_reference"}
-    sft_base = from_sft["tune-from-2"]["inputs"]["parameters"]["large_model_reference"]
-    assert sft_base == {"taskOutputParameter": {"outputParameterKey": "base_model",
-                                                "producerTask": "supervised-fine-tuning"}}
-    sft_inputs = from_sft["supervised-fine-tuning"]["inputs"]
-    assert set(sft_inputs["artifacts"]) == {"preference_data", "sft_data"}
-    assert sft_inputs["parameters"]["supervised_tuning"] == {
-        "componentInputParameter": "pipelinechannel--supervised_tuning"}
+    _, sft = _task_named(spec, "Supervised Fine-Tuning")
+    _, given = _task_named(spec, "Base Model as Given")
+    assert sft["condition"] == "inputs.parameter_values['pipelinechannel--supervised_tuning'] != 'off'"
+    assert given["condition"] == f"!({sft['condition']})"
+    branches = next(n for n, t in _root(spec).items() if t["componentRef"]["name"].startswith("comp-condition-branches"))
+    selectors = spec["components"][f"comp-{branches}"]["dag"]["outputs"]["parameters"]
+    [(key, joined)] = selectors.items()
+    keys = {s["outputParameterKey"] for s in joined["valueFromOneof"]["parameterSelectors"]}
+    assert keys == {"pipelinechannel--supervised-fine-tuning-base_model", "pipelinechannel--base-model-as-given-Output"}
+    for stage in LATER_STAGES:
+        assert _root(spec)[stage]["inputs"]["parameters"]["large_model_reference"] == {
+            "taskOutputParameter": {"outputParameterKey": key, "producerTask": branches}}, stage
+    assert set(sft["inputs"]["artifacts"]) == {"preference_data", "sft_data"}
 
 
-def test_an_existing_classifier_replaces_the_trained_reward_model_for_the_same_tuning_graph():
-    spec = _spec("kfp")
-    (trained_condition, trained), (existing_condition, existing) = _branches(spec, "comp-tune-from")
-    assert trained_condition == "inputs.parameter_values['pipelinechannel--reward_model'] == ''"
-    assert existing_condition == f"!({trained_condition})"
-    assert set(trained) == {"reward-model", "tune-with"} and set(existing) == {"existing-reward-model", "tune-with-2"}
-    assert trained["tune-with"]["inputs"]["artifacts"]["reward_model"] == {
-        "taskOutputArtifact": {"outputArtifactKey": "reward_model", "producerTask": "reward-model"}}
-    assert existing["tune-with-2"]["inputs"]["artifacts"]["reward_model"] == {
-        "taskOutputArtifact": {"outputArtifactKey": "reference", "producerTask": "existing-reward-model"}}
-    # the same tuning graph either way: PPO or DPO, then evaluation
-    assert spec["components"]["comp-tune-with"]["dag"].keys() == spec["components"]["comp-tune-with-2"]["dag"].keys()
+def test_the_reward_stage_adopts_an_existing_classifier_and_tuning_runs_either_method():
+    root = _root(_spec("kfp"))
+    reward = root["train-reward-model"]["inputs"]
+    assert reward["parameters"]["existing_classifier"] == {"componentInputParameter": "reward_model"}
+    tune = root["tune-policy"]["inputs"]
+    assert tune["parameters"]["tuning_method"] == {"componentInputParameter": "tuning_method"}
+    assert tune["artifacts"]["reward_model"] == {
+        "taskOutputArtifact": {"outputArtifactKey": "reward_model", "producerTask": "train-reward-model"}}
+    assert tune["artifacts"]["preference_data"]["taskOutputArtifact"]["producerTask"] == "ai-feedback-labels"
+    assert not any("condition" in t.get("triggerPolicy", {}) for n, t in root.items() if n in LATER_STAGES)
 
 
-def test_vertex_returns_the_deployment_of_whichever_branch_ran():
-    spec = _spec("vertex")
-    outputs = spec["root"]["dag"]["outputs"]["parameters"]
+@pytest.mark.parametrize("target,operator", [("vertex", None), ("kfp", "trainjob")])
+def test_conditions_read_the_first_tasks_checked_answers(target, operator):
+    spec = _spec(target, operator)
+    _, evaluate = _task_named(spec, "Evaluate")
+    assert "validate-inputs-has_eval_dataset" in evaluate["condition"]
+    for stage in LATER_STAGES:  # a multi-node job or the task: one sub-pipeline, decided by the check
+        as_job = _root(spec)[stage]["inputs"]["parameters"]["as_job"]
+        assert as_job["taskOutputParameter"]["producerTask"] == "validate-inputs", stage
+        stage_graph = spec["components"][_root(spec)[stage]["componentRef"]["name"]]
+        assert _leaves(spec, stage_graph) == {"Launch the multi-node job",
+                                              "Train in the pipeline task"}
+
+
+def _leaves(spec: dict, component: dict) -> set[str]:
+    out = set()
+    for task in component["dag"]["tasks"].values():
+        ref = spec["components"][task["componentRef"]["name"]]
+        out |= _leaves(spec, ref) if "dag" in ref else {task["taskInfo"]["name"]}
+    return out
+
+
+def test_vertex_returns_the_deployment_and_other_targets_empty_names():
+    outputs = _spec("vertex")["root"]["dag"]["outputs"]["parameters"]
     for name in ("model_resource_name", "endpoint_resource_name"):
-        selectors = outputs[name]["valueFromParameter"]
-        assert selectors["producerSubtask"].startswith("condition-branches"), selectors
-    assert "deployment-skipped" not in spec["root"]["dag"]["tasks"]
-    assert "deployment-skipped" in _spec("kfp")["root"]["dag"]["tasks"]  # other targets: empty names
+        assert outputs[name]["valueFromParameter"]["producerSubtask"] == "upload-and-deploy"
+    assert _root(_spec("vertex"))["upload-and-deploy"]["inputs"]["parameters"]["deploy_model"] == {
+        "componentInputParameter": "deploy_model"}
+    assert "deployment-skipped" in _root(_spec("kfp"))  # no Vertex AI: empty names, as Google's

@@ -1,5 +1,5 @@
-"""The `tune_policy` KFP component run by kfp's local runner (a real subprocess task) on a tiny
-model and a reward model in the reward step's format.
+"""The `tune_policy` KFP component with `tuning_method` ppo, run by kfp's local runner (a real subprocess
+task) on a tiny model and a reward model in the reward step's format.
 (No `from __future__ import annotations`: kfp reads the pipeline's annotations as types.)"""
 
 import json
@@ -12,7 +12,7 @@ import pytest
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Metrics, Model
 
-from components.ppo import tune_policy
+from components.tune import tune_policy
 from rlhf.pipeline_settings import REINFORCEMENT_LEARNING
 from test_ppo_train import build_tiny_setup
 
@@ -27,7 +27,8 @@ def ppo_only(prompts_uri: str, reward_uri: str) -> NamedTuple(
     settings = {**REINFORCEMENT_LEARNING.defaults(), "reinforcement_learning_train_steps": 2,
                 "target_sequence_length": 6, "batch_size": 4}
     task = tune_policy(
-        prompt_data=prompts.output, reward_model=reward.output, **settings,
+        prompt_data=prompts.output, preference_data=prompts.output, reward_model=reward.output, **settings,
+        tuning_method="ppo", dpo_options={}, tensorboard_resource_id="", pipeline_job_name="",
         options={"mini_batch_size": 2, "ppo_epochs": 1, "checkpoint_every": 1, "sample_count": 2,
                  "device": "cpu"})
     outputs = NamedTuple("Outputs", policy=Model, metrics=Metrics, tensorboard=Artifact, samples=Artifact)

@@ -29,7 +29,8 @@ def reward_only(preference_uri: str, eval_uri: str, model: str) -> NamedTuple(
     settings = {**REWARD_MODEL.defaults(), "large_model_reference": model, "reward_model_train_steps": 8,
                 "batch_size": 8, "gradient_accumulation_steps": 1, "reward_model_learning_rate_multiplier": 30.0}
     task = train_reward_model(
-        preference_data=pref.output, eval_data=evals.output, **settings,
+        preference_data=pref.output, eval_data=evals.output, **settings, existing_classifier="",
+        tensorboard_resource_id="", pipeline_job_name="",
         options={"eval_every": 4, "checkpoint_every": 4, "lora_target_modules": ["q_proj", "v_proj"],
                  "normalization_pairs": 32})
     outputs = NamedTuple("Outputs", reward_model=Model, metrics=Metrics,

@@ -1,5 +1,4 @@
-"""The SFT sub-pipeline (`pipelines.sft.sft_stage`, the `supervised_fine_tuning` component) run by
-kfp's local runner on a tiny model: a merged model artifact whose URI is the `base_model` output,
+"""The Supervised Fine-Tuning stage (the `supervised_fine_tuning` component) run by kfp's local runner on a tiny model: a merged model artifact whose URI is the `base_model` output,
 which loads as a base model, and the metrics. (No `from __future__ import annotations`: kfp reads
 the pipeline's annotations as types.)"""
 
@@ -13,7 +12,7 @@ import pytest
 from kfp import dsl
 from kfp.dsl import Dataset, Model
 
-from pipelines.sft import sft_stage
+from components.sft import supervised_fine_tuning
 from rlhf.pipeline_settings import SUPERVISED_FINE_TUNING
 from test_reward_helpers import build_tiny_model, synthetic_rows, write_jsonl
 
@@ -22,9 +21,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping to run a ta
 OPTIONS = {"sft_train_steps": 2, "batch_size": 4, "checkpoint_every": 1, "lora_target_modules": ["q_proj", "v_proj"],
            "heldout_fraction": 0.0}
 
-STAGE = sft_stage("local")  # built before the pipeline that calls it (kfp builds a graph on decoration)
-
-
 @dsl.pipeline
 def sft_only(preference_uri: str, sft_uri: str, model: str) -> NamedTuple(
         "Outputs", sft_model=Model, base_model=str, preferred_model=Model):
@@ -32,12 +28,11 @@ def sft_only(preference_uri: str, sft_uri: str, model: str) -> NamedTuple(
     demonstrations = dsl.importer(artifact_uri=sft_uri, artifact_class=Dataset, reimport=True)
     settings = {**SUPERVISED_FINE_TUNING.defaults(), "large_model_reference": model, "prompt_sequence_length": 32,
                 "target_sequence_length": 16}
-    hardware = {"gpu_type": "NVIDIA_L4", "gpu_count": 1, "cpu_limit": "8", "memory_limit": "32G",
-                "tensorboard_resource_id": ""}
-    on_data = STAGE(preference_data=pref.output, sft_data=demonstrations.output, supervised_tuning="sft_dataset",
+    hardware = {"tensorboard_resource_id": "", "pipeline_job_name": ""}
+    on_data = supervised_fine_tuning(preference_data=pref.output, sft_data=demonstrations.output, supervised_tuning="sft_dataset",
                     options=OPTIONS, **settings, **hardware)
     # the preferred candidates of the preference data (sft_data is not read)
-    preferred = STAGE(preference_data=pref.output, sft_data=demonstrations.output,
+    preferred = supervised_fine_tuning(preference_data=pref.output, sft_data=demonstrations.output,
                       supervised_tuning="preferred_candidates", options=OPTIONS, **settings, **hardware)
     outputs = NamedTuple("Outputs", sft_model=Model, base_model=str, preferred_model=Model)
     return outputs(on_data.outputs["sft_model"], on_data.outputs["base_model"], preferred.outputs["sft_model"])

@@ -1,5 +1,5 @@
-"""Uploading and deploying the tuned model: the `upload_model` / `deploy_model_to_endpoint`
-components' code through the real aiplatform client to a local stand-in of the Vertex API."""
+"""Uploading and deploying the tuned model: the Upload and Deploy stage (`upload_and_deploy`) and the
+library calls it makes, through the real aiplatform client to a local stand-in of the Vertex API."""
 
 from __future__ import annotations
 
@@ -21,15 +21,13 @@ def vertex(monkeypatch):
 
 
 def _upload(vertex, **overrides):
-    """The upload_model component's own code (its python_func), pointed at the stand-in."""
-    args = dict(tuned_model=dsl.Model(name="tuned_policy", uri="gs://bucket/run/tuned_policy", metadata={}),
-                project="p1", location="us-central1", large_model_reference="smollm2-135m-instruct",
-                pipeline_job_name="rlhf-train-template-123",
+    """The upload the stage makes, pointed at the stand-in."""
+    args = dict(model_uri="gs://bucket/run/tuned_policy", project="p1", location="us-central1",
+                display_name=library.default_display_name("smollm2-135m-instruct", "rlhf-train-template-123"),
                 serving_container_image_uri=library.DEFAULT_SERVING_IMAGE, serving_container_args=[],
-                serving_accelerator_count=1, prompt_sequence_length=512, target_sequence_length=64, model_display_name="",
-                encryption_spec_key_name=KMS_KEY, api_endpoint=vertex.url)
+                accelerator_count=1, max_model_len=512 + 64, encryption_spec_key_name=KMS_KEY, api_endpoint=vertex.url)
     args.update(overrides)
-    return deploy.upload_model.python_func(**args)
+    return library.upload(**args)
 
 
 def test_upload_registers_the_model_with_the_vllm_container_and_cmek(vertex):
@@ -49,7 +47,7 @@ def test_upload_registers_the_model_with_the_vllm_container_and_cmek(vertex):
 
 def test_upload_with_another_container_keeps_its_own_command(vertex):
     _upload(vertex, serving_container_image_uri="us-docker.pkg.dev/acme/serve:1",
-            serving_container_args=["--port=8080"], model_display_name="my-model")
+            serving_container_args=["--port=8080"], display_name="my-model")
     model = vertex.requests_to("POST", r"/models:upload$")[0].body["model"]
     assert model["displayName"] == "my-model"
     assert model["containerSpec"]["imageUri"] == "us-docker.pkg.dev/acme/serve:1"
@@ -65,11 +63,10 @@ def test_upload_refuses_a_model_outside_cloud_storage(vertex):
 
 def test_deploy_creates_an_endpoint_and_deploys_one_replica_on_the_gpu(vertex):
     model = _upload(vertex)
-    endpoint = deploy.deploy_model_to_endpoint.python_func(
-        model_resource_name=model, project="p1", location="us-central1",
-        large_model_reference="smollm2-135m-instruct", pipeline_job_name="job-1",
-        model_display_name="my-model", machine_type="g2-standard-12", accelerator_type="NVIDIA_L4",
-        accelerator_count=1, encryption_spec_key_name=KMS_KEY, api_endpoint=vertex.url)
+    endpoint = library.deploy(
+        model_resource_name=model, project="p1", location="us-central1", display_name="my-model",
+        machine_type="g2-standard-12", accelerator_type="NVIDIA_L4", accelerator_count=1,
+        encryption_spec_key_name=KMS_KEY, api_endpoint=vertex.url)
     assert endpoint.startswith("projects/p1/locations/us-central1/endpoints/")
     created = vertex.requests_to("POST", r"/endpoints$")[0].body
     assert created["displayName"] == "my-model" and created["encryptionSpec"] == {"kmsKeyName": KMS_KEY}
@@ -85,6 +82,46 @@ def test_deploy_creates_an_endpoint_and_deploys_one_replica_on_the_gpu(vertex):
                                         "acceleratorCount": 1}
     assert resources["minReplicaCount"] == 1 and resources["maxReplicaCount"] == 1
     assert deployed.body["trafficSplit"] == {"0": 100}
+
+
+def _stage_arguments(vertex, adapter: str, merged_uri: str, deploy_model: bool, base: str = "") -> dict:
+    return dict(tuned_model=dsl.Model(name="policy_adapter", uri=adapter, metadata={}),
+                merged_model=dsl.Model(name="merged_model", uri=merged_uri, metadata={}), deploy_model=deploy_model,
+                project="p1", location="us-central1", large_model_reference=base, pipeline_job_name="rlhf-train-template-7",
+                serving_container_image_uri=library.DEFAULT_SERVING_IMAGE, serving_container_args=[],
+                serving_machine_type="g2-standard-12", serving_accelerator_type="NVIDIA_L4",
+                serving_accelerator_count=1, prompt_sequence_length=256, target_sequence_length=64,
+                encryption_spec_key_name=KMS_KEY, model_display_name=None, api_endpoint=vertex.url)
+
+
+def test_the_stage_merges_uploads_and_deploys_the_tuned_policy(vertex, gcs_prefix, tmp_path):
+    """The Upload and Deploy stage's own code: the adapter merged into its base in Cloud Storage, that
+    directory registered with vLLM's command line, deployed on a new endpoint; the names returned."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from rlhf import storage
+    from test_reward_helpers import build_tiny_model
+    base_dir = build_tiny_model(tmp_path / "base")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "adapter")
+    merged_uri = f"{gcs_prefix}/merged_model"
+    model, endpoint = deploy.upload_and_deploy.python_func(
+        **_stage_arguments(vertex, str(tmp_path / "adapter"), merged_uri, deploy_model=True, base=str(base_dir)))
+    assert storage.exists(f"{merged_uri}/config.json") and storage.exists(f"{merged_uri}/tokenizer.json")
+    uploaded = vertex.requests_to("POST", r"/models:upload$")[0].body["model"]
+    assert uploaded["artifactUri"] == merged_uri and f"--model={merged_uri}" in uploaded["containerSpec"]["args"]
+    assert "--max-model-len=320" in uploaded["containerSpec"]["args"]
+    assert uploaded["displayName"] == "base-rlhf-rlhf-train-template-7"  # the base model's name and the run
+    assert model.startswith("projects/p1/locations/us-central1/models/")
+    assert endpoint.startswith("projects/p1/locations/us-central1/endpoints/")
+    assert vertex.requests_to("POST", r":deployModel$")[0].body["deployedModel"]["model"].split("@")[0] == model
+
+
+def test_without_deploy_model_the_stage_returns_empty_names_and_does_nothing(vertex, tmp_path):
+    names = deploy.upload_and_deploy.python_func(
+        **_stage_arguments(vertex, str(tmp_path / "no-adapter"), str(tmp_path / "merged"), deploy_model=False))
+    assert tuple(names) == ("", "") and vertex.requests == [] and not (tmp_path / "merged").exists()
 
 
 def test_skipped_deployment_returns_empty_names_like_googles():

@@ -1,18 +1,15 @@
-"""The TensorBoard upload step: skipped without a TensorBoard, and resource names checked."""
+"""The TensorBoard upload each training stage makes: skipped without a TensorBoard, and resource names checked."""
 
 from __future__ import annotations
 
 import pytest
-from kfp import dsl
 
-from components import tensorboard
+from rlhf import vertex_tensorboard as tensorboard
 
 
 def test_without_a_tensorboard_the_upload_does_nothing(tmp_path):
-    logs = dsl.Artifact(name="tensorboard_logs", uri=str(tmp_path), metadata={})
-    assert tensorboard.upload_tensorboard_logs.python_func(
-        tensorboard_logs=logs, tensorboard_resource_id="", run_name="reward-model",
-        pipeline_job_name="rlhf-train-template-20240101") == ""
+    assert tensorboard.upload_logs(str(tmp_path), tensorboard_resource_id="", run_name="reward-model",
+                                   pipeline_job_name="rlhf-train-template-20240101") == ""
 
 
 def test_tensorboard_resource_ids_are_parsed_or_refused():

@@ -226,22 +226,19 @@ def _newest_run_dir(root: Path, before: set) -> Path | None:
 
 # What the main outputs are, for the listing at the end (other outputs are listed by name only).
 _DESCRIPTIONS = {
-    "label-preferences/labeled_preferences": "AI-feedback preference labels, ranked JSONL (with ai_feedback)",
-    "validate-data/summary": "data validation summary (Markdown)",
-    "validate-data/stats": "dataset statistics (JSON)",
-    "validate-data/preference_data": "preference pairs, canonical JSONL",
-    "validate-data/labeled_data": "labeled responses (reward_model_type=classifier), canonical JSONL",
-    "validate-data/sft_data": "demonstrations (supervised_tuning=sft_dataset), canonical JSONL",
+    "validate-inputs/summary": "data validation summary (Markdown)",
+    "validate-inputs/stats": "dataset statistics (JSON)",
+    "validate-inputs/preference_data": "preference pairs, canonical JSONL",
+    "validate-inputs/labeled_data": "labeled responses (reward_model_type=classifier), canonical JSONL",
+    "validate-inputs/sft_data": "demonstrations (supervised_tuning=sft_dataset), canonical JSONL",
+    "ai-feedback-labels/ranked_labels": "AI-feedback labels, ranked JSONL (with ai_feedback)",
+    "ai-feedback-labels/preference_data": "the preference pairs every later stage reads (AI-labelled with ai_feedback)",
     "supervised-fine-tuning/sft_model": "the SFT model (supervised_tuning): the base of every later stage",
-    "existing-reward-model/reference": "the existing classifier used as the reward (reward_model)",
-    "train-reward-model/reward_model": "the trained reward model (LoRA adapter + score head)",
+    "train-reward-model/reward_model": "the reward model (trained: LoRA adapter + score head; or the existing classifier's reference)",
     "train-reward-model/metrics": "reward model metrics (JSON)",
-    "tune-policy/policy_adapter": "the tuned policy: a LoRA adapter on the base model",
-    "tune-policy/samples": "sample generations during PPO",
-    "tune-policy/tensorboard_logs": "PPO curves: tensorboard --logdir THIS",
-    "tune-policy-dpo/policy_adapter": "the tuned policy (tuning_method=dpo): a LoRA adapter on the base model",
-    "tune-policy-dpo/samples": "sample generations during DPO",
-    "tune-policy-dpo/tensorboard_logs": "DPO curves: tensorboard --logdir THIS",
+    "tune-policy/policy_adapter": "the tuned policy (PPO or DPO): a LoRA adapter on the base model",
+    "tune-policy/samples": "sample generations during tuning",
+    "tune-policy/tensorboard_logs": "tuning curves: tensorboard --logdir THIS",
     "evaluate-model/report": "evaluation report, tuned vs base (HTML: open in a browser)",
     "evaluate-model/summary": "evaluation summary (Markdown, printed below)",
     "evaluate-model/predictions": "base and tuned responses per eval prompt",
@@ -249,10 +246,8 @@ _DESCRIPTIONS = {
 
 
 def find_outputs(run_dir: Path) -> dict[str, Path]:
-    """Output files and directories of a finished local run, by `task/output` name. A task of a
-    sub-pipeline the pipeline calls in several branches (with or without SFT, a trained or an
-    existing reward model) runs under a numbered copy of its name (`tune-policy-3`): it is listed
-    under its own name, as only one branch runs."""
+    """Output files and directories of a finished local run, by `task/output` name. Each stage runs
+    once, under its component's name; one kfp numbered (`tune-policy-2`) is listed under its own."""
     out = {}
     for path in sorted(run_dir.glob("*/*")):
         if path.name == "executor_output.json" or path.name.startswith("."):

@@ -2,7 +2,7 @@
 a trained reward model.
 
 The pipeline hands PPO and evaluation one reward-model artifact either way: kfp's local runner cannot
-pick between two artifacts (`dsl.OneOf`), so when a classifier is given a small step writes a
+pick between two artifacts (`dsl.OneOf`), so when a classifier is given the reward stage writes a
 directory holding only `REFERENCE_FILE` ({"reward_model": REF, "positive_label": LABEL}), and the
 components read it with `reward_settings`: the referenced classifier and its class, or the trained
 model's directory itself.
@@ -64,6 +64,15 @@ def write_reference(directory: str, reward_model: str, positive_label: str) -> N
     """The reference artifact: `directory` holding only REFERENCE_FILE (written whole)."""
     storage.write_json(storage.join(directory, REFERENCE_FILE),
                        {"reward_model": reward_model, "positive_label": positive_label})
+
+
+def adopt(directory: str, reward_model: str, positive_label: str) -> str:
+    """The reward stage with an existing classifier: check it and write the reference artifact PPO
+    and evaluation read in place of a trained reward model; returns the classifier's reference."""
+    config = ExistingRewardConfig(reward_model=reward_model, positive_label=positive_label).validate(name=str)
+    check_classifier(config.reward_model, config.positive_label)
+    write_reference(directory, config.reward_model, config.positive_label)
+    return config.reward_model
 
 
 def reward_settings(reward_dir: str, resolve: bool = True) -> dict[str, str]:

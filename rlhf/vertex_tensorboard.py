@@ -1,17 +1,12 @@
-"""KFP component: send a training step's TensorBoard event files to a Vertex AI TensorBoard.
+"""A training stage's TensorBoard event files to a Vertex AI TensorBoard.
 
 The trainers write event files into their `tensorboard_logs` output; when the pipeline's
-`tensorboard_resource_id` is set, this uploads them into one TensorBoard experiment per pipeline run
-(one TensorBoard run per training step), so the `reward/...`, `loss/...`, `policy/...` curves appear
-under the same names as in the logs. `upload_logs` is plain Python (google-cloud-aiplatform only).
+`tensorboard_resource_id` is set, the stage's own task uploads them (no extra task in the graph)
+into one TensorBoard experiment per pipeline run (one TensorBoard run per training stage), so the
+`reward/...`, `loss/...`, `policy/...` curves appear under the same names as in the logs.
 """
 
 import re
-
-from kfp import dsl
-from kfp.dsl import Artifact, Input
-
-from components.image import IMAGE
 
 _TENSORBOARD = re.compile(r"^projects/([^/]+)/locations/([^/]+)/tensorboards/([^/]+)$")
 
@@ -44,18 +39,3 @@ def upload_logs(logdir: str, tensorboard_resource_id: str, pipeline_job_name: st
         project=project, location=location, experiment_display_name=pipeline_job_name,
         run_name_prefix=f"{run_name}-")
     return f"{tensorboard_resource_id.strip()}/experiments/{experiment}"
-
-
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
-def upload_tensorboard_logs(
-    tensorboard_logs: Input[Artifact],
-    tensorboard_resource_id: str,
-    run_name: str,
-    pipeline_job_name: str,
-) -> str:
-    """Upload `tensorboard_logs` to the Vertex TensorBoard `tensorboard_resource_id`; does nothing
-    when that is empty. Returns the TensorBoard experiment's resource name (or ''). Pass
-    `pipeline_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER`: one experiment per pipeline run."""
-    from components.tensorboard import upload_logs
-
-    return upload_logs(tensorboard_logs.path, tensorboard_resource_id, pipeline_job_name, run_name)
