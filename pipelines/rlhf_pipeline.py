@@ -181,12 +181,12 @@ def build_pipeline(target: str = "vertex", training_operator: Optional[str] = No
         reward = stages.train_reward(target, training_operator, params, checked, preference_data, base_model)
         reward_model = reward.outputs["reward_model"]
         policy = stages.tune(target, training_operator, params, checked, preference_data, reward_model, base_model)
-        stages.evaluate(target, params, checked, policy, reward_model, base_model)
-        model, endpoint = stages.deploy(target, params, policy, base_model)
+        evaluation = stages.evaluate(target, training_operator, params, checked, policy, reward_model, base_model)
+        model, endpoint = stages.deploy(target, params, policy, evaluation, base_model)
         return PipelineOutput(model_resource_name=model, endpoint_resource_name=endpoint)
 
     signature = dict(inspect.signature(rlhf_pipeline).parameters)
-    stages.training_stages(target, training_operator)  # sub-pipelines are built before the pipeline
+    stages.sub_pipelines(target, training_operator)  # built before the pipeline that calls them
     return dsl.pipeline(name=PIPELINE_NAME, description=(
         f"Performs reinforcement learning from human feedback (target: {_TARGET_NOTE[target]})."))(rlhf_pipeline)
 

@@ -6,7 +6,8 @@ trains pairwise, trains a classifier or adopts an existing classifier; Tune Poli
 a training stage launches a multi-node job or trains in its task (`pipelines.targets`); Upload and
 Deploy does nothing without `deploy_model`. Only an optional stage that needs an accelerator sits
 in a condition (SFT, evaluation); SFT's output is a string joined with `dsl.OneOf`, which kfp's
-local runner resolves too (it cannot for artifacts). Each function takes the pipeline's parameters by name (`params`) and earlier outputs.
+local runner resolves too (it cannot for artifacts), so the local runner runs the very template a
+Kubeflow cluster runs. Each function takes the pipeline's parameters by name (`params`) and earlier outputs.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from components.reward import train_reward_model
 from components.sft import base_model_as_given, supervised_fine_tuning
 from components.tune import tune_policy
 from components.validate import validate_inputs_for
-from pipelines.targets import (GPU_PROFILE, job_platform, request_accelerator, request_small_machine,
-                               stage_hardware, stage_settings, training_stage, with_hub_token_secret)
+from pipelines.targets import (GPU_PROFILE, component_inputs, declared, job_platform, request_accelerator,
+                               request_small_machine, stage_hardware, stage_settings, sub_pipeline, training_stage,
+                               with_hub_token_secret)
 from rlhf.pipeline_settings import (EVALUATION, LABELING, REINFORCEMENT_LEARNING, REWARD_MODEL,
                                     SUPERVISED_FINE_TUNING, SUPERVISED_TUNING)
 
@@ -91,9 +93,10 @@ def fine_tune(target: str, params: Mapping[str, Any], checked, preference_data):
 
 
 @functools.lru_cache(maxsize=None)
-def training_stages(target: str, training_operator: str | None):
-    """The two training stages' builders (reward model, policy). Call before building the pipeline:
-    kfp builds a sub-pipeline when it is defined, and not inside another pipeline's definition."""
+def sub_pipelines(target: str, training_operator: str | None):
+    """The builders of the stages that are sub-pipelines (reward model, policy, evaluation). Call
+    before building the pipeline: kfp builds a sub-pipeline when it is defined, and not inside
+    another pipeline's definition."""
     reward = training_stage(target, train_reward_model, launch_reward_model_job, training_operator=training_operator,
                             name="train-reward-model", outputs=RewardModelOutputs,
                             description="Trains a LoRA reward model (pairwise or a classifier) or adopts an "
@@ -101,13 +104,13 @@ def training_stages(target: str, training_operator: str | None):
     policy = training_stage(target, tune_policy, launch_tuning_job, training_operator=training_operator,
                             name="tune-policy", outputs=PolicyOutputs,
                             description="Tunes a LoRA policy with PPO against the reward model, or with DPO.")
-    return reward, policy
+    return reward, policy, evaluation_stage(target)
 
 
 def train_reward(target: str, training_operator: str | None, params: Mapping[str, Any], checked, preference_data,
                  base_model) -> PipelineTask:
     """Train Reward Model: pairwise or a classifier, or adopt an existing classifier (`reward_model`)."""
-    add, _ = training_stages(target, training_operator)
+    add, _, _ = sub_pipelines(target, training_operator)
     hardware = stage_hardware("reward_model", params)
     return add("Train Reward Model", checked.outputs["reward_model_as_job"],
                {k: hardware[k] for k in GPU_PROFILE}, {k: hardware[k] for k in ("replica_count", "machine_type")},
@@ -121,7 +124,7 @@ def train_reward(target: str, training_operator: str | None, params: Mapping[str
 def tune(target: str, training_operator: str | None, params: Mapping[str, Any], checked, preference_data,
          reward_model, base_model) -> PipelineTask:
     """Tune Policy: PPO against the reward model or DPO on the preference pairs (`tuning_method`)."""
-    _, add = training_stages(target, training_operator)
+    _, add, _ = sub_pipelines(target, training_operator)
     hardware = stage_hardware("reinforcement_learning", params)
     return add("Tune Policy", checked.outputs["tuning_as_job"],
                {k: hardware[k] for k in GPU_PROFILE}, {k: hardware[k] for k in ("replica_count", "machine_type")},
@@ -133,34 +136,48 @@ def tune(target: str, training_operator: str | None, params: Mapping[str, Any], 
                **{**stage_settings(REINFORCEMENT_LEARNING, params), "large_model_reference": base_model})
 
 
-def evaluate(target: str, params: Mapping[str, Any], checked, policy, reward_model, base_model) -> None:
+def evaluate(target: str, training_operator: str | None, params: Mapping[str, Any], checked, policy, reward_model,
+             base_model) -> PipelineTask:
     """Evaluate, when an eval dataset was given: the tuned policy against its base (and the SFT model)."""
+    _, _, evaluation = sub_pipelines(target, training_operator)
     hardware = stage_hardware("evaluation", params)
-    with dsl.If(checked.outputs["has_eval_dataset"] == True, name="Eval dataset given"):  # noqa: E712
-        task = evaluate_model(
-            eval_data=checked.outputs["eval_data"], tuned_policy=policy.outputs["policy_adapter"],
-            reward_model=reward_model, training_logs=policy.outputs["tensorboard_logs"],
-            **{**stage_settings(EVALUATION, params), "large_model_reference": base_model},
-        ).set_display_name("Evaluate")
-        # It generates with base and tuned models: a GPU and the CUDA image.
-        request_accelerator(task, target, *(hardware[k] for k in GPU_PROFILE),
-                            image=TRAINER_IMAGE if target in ("vertex", "kfp") else None)
+    return evaluation(
+        has_eval_dataset=checked.outputs["has_eval_dataset"], eval_data=checked.outputs["eval_data"],
+        tuned_policy=policy.outputs["policy_adapter"], reward_model=reward_model,
+        training_logs=policy.outputs["tensorboard_logs"], **{k: hardware[k] for k in GPU_PROFILE},
+        **{**stage_settings(EVALUATION, params), "large_model_reference": base_model},
+    ).set_display_name("Evaluate")
 
 
+def evaluation_stage(target: str):
+    """The Evaluate stage: a sub-pipeline whose condition reads its own input. (kfp's local runner
+    resolves a condition on a parent's input, not on a named output of a task beside it.)"""
+    inputs = declared({"has_eval_dataset": bool}) + component_inputs(evaluate_model) + declared(GPU_PROFILE)
 
-def deploy(target: str, params: Mapping[str, Any], policy, base_model) -> tuple[Any, Any]:
-    """Upload and Deploy (Vertex AI): with `deploy_model`, merge the policy into its base, upload it
-    to the Model Registry and deploy it to an endpoint; returns (model, endpoint) resource names,
-    empty when not deployed, as Google's pipeline returns (its deploy step also decides inside)."""
+    @sub_pipeline("evaluation", "Evaluates the tuned policy against its base model on the eval dataset.", inputs)
+    def stage(has_eval_dataset, gpu_type, gpu_count, cpu_limit, memory_limit, **settings):
+        with dsl.If(has_eval_dataset == True, name="Eval dataset given"):  # noqa: E712 (a pipeline condition)
+            task = evaluate_model(**settings).set_display_name("Evaluate Tuned Model")
+            # It generates with base and tuned models: a GPU and the CUDA image.
+            request_accelerator(task, target, gpu_type, gpu_count, cpu_limit, memory_limit,
+                                image=TRAINER_IMAGE if target in ("vertex", "kfp") else None)
+    return stage
+
+
+def deploy(target: str, params: Mapping[str, Any], policy, evaluation, base_model) -> tuple[Any, Any]:
+    """Upload and Deploy (Vertex AI), after the evaluation of what it deploys: with `deploy_model`,
+    merge the policy into its base, upload it to the Model Registry and deploy it to an endpoint;
+    returns (model, endpoint) resource names, empty when not deployed, as Google's pipeline returns
+    (its deploy step also decides inside)."""
     if target != "vertex":  # no Vertex AI to deploy to
         skipped = request_small_machine(deployment_skipped(), target).set_display_name(
-            "Upload and Deploy (Vertex AI only): skipped").after(policy)  # in its place, after the checks
+            "Upload and Deploy (Vertex AI only): skipped").after(evaluation)
         return skipped.outputs["model_resource_name"], skipped.outputs["endpoint_resource_name"]
     task = upload_and_deploy(
         tuned_model=policy.outputs["policy_adapter"], large_model_reference=base_model,
         pipeline_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         **{name: params[name] for name in DEPLOYMENT_PARAMETERS})
     # A CPU machine that holds the base model in bf16 for the merge (up to ~30B parameters).
-    with_hub_token_secret(task).set_display_name("Upload and Deploy").set_cpu_limit(MERGE_CPU)
+    with_hub_token_secret(task.after(evaluation)).set_display_name("Upload and Deploy").set_cpu_limit(MERGE_CPU)
     task.set_memory_limit(MERGE_MEMORY)
     return task.outputs["model_resource_name"], task.outputs["endpoint_resource_name"]

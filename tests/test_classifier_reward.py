@@ -483,7 +483,7 @@ def test_run_local_with_a_classifier_reward_model(tiny, tmp_path, capsys, monkey
     assert code == 0, stdout[-3000:]
     (run,) = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     found = find_outputs(run)
-    labeled = [json.loads(line) for line in found["validate-data/labeled_data"].read_text().splitlines()]
+    labeled = [json.loads(line) for line in found["validate-inputs/labeled_data"].read_text().splitlines()]
     assert len(labeled) == 800 and {r["label"] for r in labeled} == {0, 1}  # canonical rows
     info = outputs.read_info(str(found["train-reward-model/reward_model"]))
     assert info["reward_model_type"] == "classifier" and info["labels"] == ["0", "1"]

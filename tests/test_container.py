@@ -1,4 +1,6 @@
-"""The CPU image, for real: components run inside it through KFP's own executor.
+"""The CPU image, for real: components run inside it through KFP's own executor, and so does the
+whole compiled Kubeflow template (every stage's entrypoint, arguments and artifact paths in the
+image a cluster pulls).
 
 The image is built by `.ci/container_test.sh` (or `make test-container`) with podman; these tests
 then use kfp.local's DockerRunner against podman's Docker-compatible socket, exactly as a user runs
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rlhf import __version__, samples
 from rlhf.data.validate import ValidateConfig, ValidationOutputs, run_validation
@@ -87,11 +90,16 @@ def _run_in_kfp(code: str, tmp_path: Path, docker_host: str, image: str) -> subp
     """Run `code` after kfp.local.init(DockerRunner) in a fresh interpreter: components.image reads
     RLHF_CPU_IMAGE when it is first imported, so the component's base_image is the image under test."""
     prelude = textwrap.dedent(f"""
-        import functools, json, kfp.local
-        from components import validate
-        from rlhf.pipeline_settings import VALIDATION
-        # The settings the pipeline would pass, at their defaults (a call may override them).
-        validate_data = functools.partial(validate.validate_data, **VALIDATION.defaults(), accelerator_type="GPU")
+        import functools, inspect, json, kfp.local
+        from components.validate import validate_inputs_for
+        from pipelines.rlhf_pipeline import build_pipeline
+        from pipelines.stages import VERTEX_PLACEHOLDER_PARAMETERS
+        # The pipeline's first task, with every parameter at its default (a call may override them).
+        signature = inspect.signature(build_pipeline("kfp").pipeline_func).parameters
+        checked = {{n: p for n, p in signature.items() if n not in VERTEX_PLACEHOLDER_PARAMETERS}}
+        defaults = {{n: p.default for n, p in checked.items() if p.default not in (inspect.Parameter.empty, None)}}
+        validate_inputs = functools.partial(validate_inputs_for(checked, "kfp", launches_jobs=False),
+                                            **{{**defaults, "prompt_dataset": "", "large_model_reference": ""}})
         # No network in the container: the image alone must hold everything a step needs.
         kfp.local.init(runner=kfp.local.DockerRunner(network_mode="none"),
                        pipeline_root={str(tmp_path / "root")!r})
@@ -182,11 +190,11 @@ def test_validation_component_runs_in_the_image(image, docker_host, root, tmp_pa
 
     start = time.time()
     done = _run_in_kfp(f"""
-        task = validate_data(preference_dataset={inputs["preference"]!r},
-                             prompt_dataset={inputs["prompt"]!r}, eval_dataset={inputs["eval"]!r},
-                             instruction={samples.INSTRUCTION!r}, tokenizer="smollm2-135m-instruct")
+        task = validate_inputs(preference_dataset={inputs["preference"]!r},
+                               prompt_dataset={inputs["prompt"]!r}, eval_dataset={inputs["eval"]!r},
+                               instruction={samples.INSTRUCTION!r}, large_model_reference="smollm2-135m-instruct")
         print(json.dumps({{name: {{"path": a.path, "metadata": a.metadata}}
-                          for name, a in task.outputs.items()}}))
+                          for name, a in task.outputs.items() if hasattr(a, "path")}}))
     """, tmp_path, docker_host, image)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"Found image '{image}'" in done.stdout, "the task did not run in the image under test"
@@ -219,18 +227,18 @@ def test_invalid_data_fails_the_task_and_writes_nothing(image, docker_host, root
 
     start = time.time()
     done = _run_in_kfp(f"""
-        task = validate_data(preference_dataset={str(bad)!r})
-        print(json.dumps({{name: a.path for name, a in task.outputs.items()}}))
+        task = validate_inputs(preference_dataset={str(bad)!r})
+        print(json.dumps({{name: a.path for name, a in task.outputs.items() if hasattr(a, "path")}}))
     """, tmp_path, docker_host, image)
     log = done.stdout + done.stderr
     assert f"Found image '{image}'" in log
     # The executor in the container failed and left no outputs. kfp then reports the task as FAILED
     # under Docker, and as SUCCESS with no outputs under podman 4.3 (see _exit_codes), whose
     # streamed log of the removed container may also be cut short: the message is checked below.
-    assert _exit_codes(image, start) == [1], log[-3000:]
+    assert _exit_codes(image, start) == [2], log[-3000:]  # a user's mistake: its message, exit 2
     if done.returncode == 0:
         assert json.loads(done.stdout.strip().splitlines()[-1]) == {}, log[-3000:]
-    task_dirs = list(root.glob("validate-data-*/validate-data"))
+    task_dirs = list(root.glob("validate-inputs-*/validate-inputs"))
     assert task_dirs and not [p for d in task_dirs for p in d.rglob("*") if p.is_file()]
 
     # The same data through the image's CLI: exit 2, the problem as URI:LINE, no traceback.
@@ -238,3 +246,65 @@ def test_invalid_data_fails_the_task_and_writes_nothing(image, docker_host, root
                   "rlhf", "validate", "--preference-dataset", str(bad))
     assert cli.returncode == 2, cli.stdout + cli.stderr
     assert f"{bad}:2:" in cli.stderr and "Traceback" not in cli.stderr, cli.stderr
+
+
+# -- the whole compiled Kubeflow template, task by task in the image ----------------------------------
+
+TINY_STEPS = {  # every stage, a step or two on the image's own SmolLM2-135M
+    "supervised_tuning": "preferred_candidates", "sft_options": {"sft_train_steps": 1, "batch_size": 2},
+    "prompt_sequence_length": 64, "target_sequence_length": 8,
+    "reward_model_train_steps": 1, "reward_model_batch_size": 2,
+    "reinforcement_learning_train_steps": 1, "reinforcement_learning_batch_size": 2,
+    "reinforcement_learning_options": {"mini_batch_size": 2, "ppo_epochs": 1},
+    "evaluation_batch_size": 2, "evaluation_max_examples": 2,
+}
+
+
+def test_the_compiled_kubeflow_template_runs_end_to_end_in_the_image(image, docker_host, root, tmp_path):
+    """`rlhf compile --target kfp` with this image for both kinds of task, loaded back and run by
+    kfp's DockerRunner: validation, labels, SFT, the reward model, PPO, evaluation and the skipped
+    deployment each run their own entrypoint in the container, on artifacts the previous one wrote."""
+    data = root / "data"
+    data.mkdir()
+    datasets = {f"{kind}_dataset": str(shutil.copy(src, data / Path(src).name)) for kind, src in (
+        ("preference", samples.preference_dataset()), ("prompt", samples.prompt_dataset()),
+        ("eval", samples.eval_dataset()))}
+    template = tmp_path / "kfp.yaml"
+    env = dict(os.environ, RLHF_CPU_IMAGE=image, RLHF_GPU_IMAGE=image)
+    compiled = subprocess.run([sys.executable, "-m", "rlhf", "compile", "--target", "kfp", "--output", str(template)],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert compiled.returncode == 0, compiled.stderr
+    images = {e["container"]["image"] for e in yaml.safe_load(template.read_text())["deploymentSpec"]["executors"].values()}
+    assert images == {image}
+
+    start = time.time()
+    done = _run_in_kfp(f"""
+        from kfp import components
+        from rlhf.parameters import load_template
+        template = load_template({str(template)!r})
+        values = {{n: p.default for n, p in template.parameters.items() if p.has_default}}
+        values.update({{n: "" for n, p in template.parameters.items() if p.optional and not p.has_default}})
+        values.update({json.dumps({**datasets, **TINY_STEPS, "instruction": samples.INSTRUCTION,
+                                   "large_model_reference": "smollm2-135m-instruct"})})
+        run = components.load_component_from_file({str(template)!r})(**values)
+        print(json.dumps(dict(run.outputs)))
+    """, tmp_path, docker_host, image)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-5000:]
+    codes = _exit_codes(image, start)
+    assert codes and set(codes) == {0}, (codes, log[-3000:])  # podman's own record of every task
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"model_resource_name": "", "endpoint_resource_name": ""}
+    [run_dir] = [p for p in root.iterdir() if p.name.startswith("rlhf-train-template-")]
+    ran = sorted(p.name for p in run_dir.iterdir() if p.is_dir())
+    assert ran == ["ai-feedback-labels", "deployment-skipped", "evaluate-model", "supervised-fine-tuning",
+                   "train-reward-model", "tune-policy", "validate-inputs"], ran
+    sft_model = run_dir / "supervised-fine-tuning" / "sft_model"
+    adapter = run_dir / "tune-policy" / "policy_adapter"
+    assert (sft_model / "config.json").exists() and (adapter / "adapter_config.json").exists()
+    # the later stages started from the SFT model the image wrote (the OneOf of the SFT condition)
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(sft_model)
+    assert (run_dir / "train-reward-model" / "reward_model" / "adapter_model.safetensors").exists()
+    summary = (run_dir / "evaluate-model" / "summary").read_text()
+    assert "tuned vs SFT vs base" in summary
+    assert len((run_dir / "ai-feedback-labels" / "preference_data").read_text().splitlines()) == \
+        len((run_dir / "validate-inputs" / "preference_data").read_text().splitlines()) > 0

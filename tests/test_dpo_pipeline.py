@@ -26,11 +26,11 @@ def test_the_pipeline_tunes_with_dpo_and_evaluates_its_policy(tiny_model, quiet_
     assert code == 0, stdout[-3000:]
     run = _run_dir(root)
     outputs = find_outputs(run)
-    assert (outputs["tune-policy-dpo/policy_adapter"] / "adapter_config.json").exists(), sorted(outputs)
-    assert not any(key.startswith("tune-policy/") for key in outputs)  # PPO did not run
-    metrics = json.loads(outputs["tune-policy-dpo/metrics"].read_text())
+    assert (outputs["tune-policy/policy_adapter"] / "adapter_config.json").exists(), sorted(outputs)
+    assert "tune-policy/dpo_run" in outputs and "tune-policy/ppo_run" not in outputs  # the same stage ran DPO
+    metrics = json.loads(outputs["tune-policy/metrics"].read_text())
     assert {"loss/total", "reward/margin", "reward/accuracy", "policy/kl"} <= set(metrics)
-    assert any(outputs["tune-policy-dpo/samples"].iterdir())
+    assert any(outputs["tune-policy/samples"].iterdir())
     summary = evaluation_summary(run)
     assert summary is not None and "tuned vs base" in summary.read_text() and summary.read_text() in stdout
 

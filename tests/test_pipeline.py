@@ -81,12 +81,12 @@ def test_compiled_yaml_runs_end_to_end_on_gcs_datasets(gcs_run):
     assert code == 0, stdout[-3000:]
     run = _run_dir(root)
     outputs = find_outputs(run)
-    for key in ("validate-data/preference_data", "validate-data/prompt_data", "validate-data/eval_data",
+    for key in ("validate-inputs/preference_data", "validate-inputs/prompt_data", "validate-inputs/eval_data",
                 "train-reward-model/reward_model", "tune-policy/policy_adapter", "evaluate-model/report",
                 "evaluate-model/summary"):
         assert key in outputs, sorted(outputs)
     # every sample preference row became one canonical pair (Google's text format: one pair per row)
-    rows = [json.loads(line) for line in outputs["validate-data/preference_data"].read_text().splitlines()]
+    rows = [json.loads(line) for line in outputs["validate-inputs/preference_data"].read_text().splitlines()]
     with open(samples.preference_dataset()) as f:
         assert len(rows) == sum(1 for line in f if line.strip())
     assert rows[0]["instruction"] == samples.INSTRUCTION
@@ -125,8 +125,8 @@ def test_run_local_defaults_fine_tune_then_tune_with_dpo_and_compare_all_three(t
     outputs = find_outputs(_run_dir(root))
     sft_model = outputs["supervised-fine-tuning/sft_model"]
     assert (sft_model / "rlhf_sft.json").exists()
-    assert "tune-policy/policy_adapter" not in outputs  # DPO, not PPO
-    adapter = next(path for key, path in outputs.items() if key.endswith("/policy_adapter"))
+    adapter = outputs["tune-policy/policy_adapter"]
+    assert (adapter.parent / "dpo_run").is_dir() and not (adapter.parent / "ppo_run").exists()  # DPO, not PPO
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(sft_model)
     summary = evaluation_summary(_run_dir(root)).read_text()
     assert "tuned vs SFT vs base" in summary and "over the SFT model" in summary
@@ -138,17 +138,13 @@ def test_the_tuned_adapter_merges_into_a_servable_model(gcs_run, tiny_model, tmp
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from components.deploy import merge_policy
-    from kfp import dsl
+    from rlhf.deploy import merge_adapter
 
     code, root, _ = gcs_run
     assert code == 0
     adapter = find_outputs(_run_dir(root))["tune-policy/policy_adapter"]
     out = tmp_path / "merged"
-    merged_artifact = dsl.Model(name="merged_model", uri=str(out), metadata={})
-    merge_policy.python_func(policy_adapter=dsl.Model(name="a", uri=str(adapter), metadata={}),
-                             merged_model=merged_artifact, large_model_reference="")
-    assert merged_artifact.metadata["base_model"] == str(tiny_model)  # recorded by PPO
+    assert merge_adapter(str(adapter), str(out)) == str(tiny_model)  # the base PPO recorded
     assert (out / "config.json").exists() and list(out.glob("*.safetensors"))
     assert (out / "tokenizer.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)

@@ -82,8 +82,11 @@ def test_the_reward_stage_adopts_an_existing_classifier_and_tuning_runs_either_m
 @pytest.mark.parametrize("target,operator", [("vertex", None), ("kfp", "trainjob")])
 def test_conditions_read_the_first_tasks_checked_answers(target, operator):
     spec = _spec(target, operator)
-    _, evaluate = _task_named(spec, "Evaluate")
-    assert "validate-inputs-has_eval_dataset" in evaluate["condition"]
+    evaluation = _root(spec)["evaluation"]
+    assert evaluation["inputs"]["parameters"]["has_eval_dataset"]["taskOutputParameter"]["producerTask"] == \
+        "validate-inputs"
+    _, evaluate = _task_named(spec, "Evaluate Tuned Model", spec["components"][evaluation["componentRef"]["name"]])
+    assert evaluate["condition"] == "inputs.parameter_values['pipelinechannel--has_eval_dataset'] == true"
     for stage in LATER_STAGES:  # a multi-node job or the task: one sub-pipeline, decided by the check
         as_job = _root(spec)[stage]["inputs"]["parameters"]["as_job"]
         assert as_job["taskOutputParameter"]["producerTask"] == "validate-inputs", stage

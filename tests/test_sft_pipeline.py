@@ -64,7 +64,7 @@ def test_a_bad_sft_dataset_stops_the_pipeline_at_validation(tiny_model, quiet_tm
     root = tmp_path / "root"
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                    workspace_root=str(root / ".workspace"))
-    with pytest.raises(RuntimeError, match="validate-data"):
+    with pytest.raises(RuntimeError, match="validate-inputs"):
         pipeline(**values)
     out, err = capfd.readouterr()
     assert f"{bad}:2: " in out + err

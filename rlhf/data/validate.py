@@ -40,7 +40,7 @@ _LINE_BITS = 40  # a row's location packs (file index, line) into one 64-bit int
 
 @dataclass
 class ValidateConfig(Settings):
-    """What to validate and how; the flags of `rlhf validate` and the inputs of the `validate_data`
+    """What to validate and how; the flags of `rlhf validate` and the dataset settings of the `validate_inputs`
     component. Any non-empty subset of the three datasets may be given."""
 
     STEP: ClassVar[str] = "validation"
