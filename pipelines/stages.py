@@ -7,7 +7,8 @@ a training stage launches a multi-node job or trains in its task (`pipelines.tar
 Deploy does nothing without `deploy_model`. Only an optional stage that needs an accelerator sits
 in a condition (SFT, evaluation); SFT's output is a string joined with `dsl.OneOf`, which kfp's
 local runner resolves too (it cannot for artifacts), so the local runner runs the very template a
-Kubeflow cluster runs. Each function takes the pipeline's parameters by name (`params`) and earlier outputs.
+Kubeflow cluster runs. Each function takes the pipeline's parameters by name (`params`) and earlier
+outputs.
 """
 
 from __future__ import annotations

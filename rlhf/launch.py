@@ -85,11 +85,13 @@ def resolve_devices(requested: Optional[int], device: str = "", flag: str = "--d
 def inside_launched_worker() -> bool:
     """Whether this process is already one of several: started by a launcher (``torchrun``, ours:
     ``LOCAL_RANK`` and ``WORLD_SIZE`` set), or by a scheduler that sets ``WORLD_SIZE``/``RANK`` per
-    pod and no layout of nodes (one process per pod, a classic ``PyTorchJob``). A scheduler that sets
-    them beside a layout (``PET_*``, ``CLUSTER_SPEC``) is not a launcher: the layout is launched."""
+    pod and no layout of nodes (one process per pod). A scheduler that sets them beside a layout
+    (``PET_*``, ``CLUSTER_SPEC``) is not a launcher, even for one node: the Training Operator gives a
+    one-replica PyTorchJob ``WORLD_SIZE=1``, ``RANK=0`` and ``PET_NNODES=1`` per pod
+    (``pkg/controller.v1/pytorch/envvar.go``), and the node's GPUs still need a process each."""
     if "WORLD_SIZE" not in os.environ:
         return False
-    return "LOCAL_RANK" in os.environ or not ClusterLayout.from_environment().multi_node
+    return "LOCAL_RANK" in os.environ or not ClusterLayout.from_environment().source
 
 
 def reports() -> bool:

@@ -275,3 +275,57 @@ def test_without_an_operator_a_kubeflow_template_trains_in_one_pod_and_refuses_r
                                         r"in one pod; compile it with `rlhf compile --target kfp --training-operator"):
         check_parameters(template, {**given, "reinforcement_learning_replica_count": 2}, {})
     assert check_parameters(template, given, {}) == given
+
+
+# -- what the Training Operator then puts in each pod (kubeflow/training-operator v1.9,
+#    pkg/controller.v1/pytorch/envvar.go and master.go), and what our bootstrap makes of it ------------
+
+def _operator_pod_env(manifest: dict, replica_type: str, index: int) -> dict[str, str]:
+    """The environment the operator injects into replica `index` of `replica_type` (Master/Worker):
+    WORLD_SIZE = replicas x nprocPerNode (1 when not a number, e.g. "auto"), RANK and PET_NODE_RANK =
+    the node's index (workers after the master), PET_NNODES = replicas, PET_NPROC_PER_NODE as given,
+    MASTER_/PET_MASTER_ADDR = `<job>-master-0` and the port named `pytorchjob-port`."""
+    spec = manifest["spec"]
+    replicas = sum(r["replicas"] for r in spec["pytorchReplicaSpecs"].values())
+    nproc = spec.get("nprocPerNode", "auto")
+    world = replicas * (int(nproc) if nproc.isdigit() else 1)
+    rank = index + (1 if replica_type == "Worker" else 0)
+    [container] = spec["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == "pytorchjob-port")
+    master = f"{manifest['metadata']['name']}-master-0"
+    return {"PYTHONUNBUFFERED": "0", "MASTER_PORT": str(port), "PET_MASTER_PORT": str(port),
+            "MASTER_ADDR": master, "PET_MASTER_ADDR": master, "WORLD_SIZE": str(world), "RANK": str(rank),
+            "PET_NPROC_PER_NODE": nproc, "PET_NODE_RANK": str(rank), "PET_NNODES": str(replicas)}
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_pytorchjob_node_runs_one_process_per_gpu_as_the_operator_sets_it_up(monkeypatch, replicas):
+    """One replica on an 8-GPU machine: the operator's WORLD_SIZE=1/RANK=0/PET_NNODES=1 once made the
+    bootstrap take the pod for one launched process, so 7 of the 8 GPUs sat idle."""
+    import torch
+    from rlhf import launch
+    from rlhf.ppo.config import PPOConfig
+    job = _job(replicas=replicas, machine_type="a3-highgpu-8g", gpus=8)
+    manifest = kube.pytorchjob_manifest(job, name="rlhf-rl-1a2b3c4d", namespace=NAMESPACE)
+    assert manifest["spec"]["nprocPerNode"] == "8"
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "CLUSTER_SPEC", "PET_NNODES", "PET_NODE_RANK",
+                 "PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_NPROC_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in _operator_pod_env(manifest, "Master", 0).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the node's 8 GPUs
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert os.environ["WORLD_SIZE"] == str(8 * replicas) and os.environ["PET_NNODES"] == str(replicas)
+    assert not launch.inside_launched_worker()  # the pod is a node to launch, not a launched process
+    layout = launch.node_layout(PPOConfig())
+    assert (layout.nnodes, layout.nproc_per_node) == (replicas, 8) and launch.reports()
+    # the processes our launcher then starts are launched workers, which run the step themselves
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert launch.inside_launched_worker()
+
+
+def test_a_cpu_pytorchjob_runs_one_process_per_node():
+    job = _job(replicas=2, gpus=8)
+    manifest = kube.pytorchjob_manifest(job, name="rlhf-rl-1a2b3c4d", namespace=NAMESPACE, gpus=False)
+    assert manifest["spec"]["nprocPerNode"] == "1"  # each process holds a whole model copy
+    assert _operator_pod_env(manifest, "Worker", 0)["WORLD_SIZE"] == "2"

@@ -69,6 +69,12 @@ def resources(job: StageJob, gpus: bool = True) -> dict[str, Any]:
     return {"limits": limits}
 
 
+def processes_per_node(job: StageJob, gpus: bool = True) -> int:
+    """One process per GPU a node asks for; one on a node without GPUs (each process of a CPU job
+    would hold a whole model copy)."""
+    return job.hardware.accelerator_count if gpus and job.hardware.accelerator_count > 0 else 1
+
+
 def _pod_settings(job: StageJob, service_account: str) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if service_account:
@@ -123,7 +129,8 @@ def pytorchjob_manifest(job: StageJob, *, name: str, namespace: str, service_acc
                               "template": template}
     return {"apiVersion": f"{group}/{version}", "kind": kind,
             "metadata": _metadata(name, namespace, job, pipeline_job_name),
-            "spec": {"nprocPerNode": "auto", "runPolicy": {"backoffLimit": 0, "cleanPodPolicy": "Running"},
+            "spec": {"nprocPerNode": str(processes_per_node(job, gpus)),
+                     "runPolicy": {"backoffLimit": 0, "cleanPodPolicy": "Running"},
                      "pytorchReplicaSpecs": replicas}}
 
 
