@@ -117,7 +117,9 @@ def test_the_schemas_refuse_what_the_api_server_would():
 def test_a_cluster_without_gpus_asks_for_none():
     manifest = kube.trainjob_manifest(_job(gpus=0), name="rlhf-x-1", namespace=NAMESPACE)
     assert manifest["spec"]["trainer"]["resourcesPerNode"] == {"limits": {"cpu": "200", "memory": "1600Gi"}}
-    assert "runtimePatches" not in manifest["spec"]  # nothing to patch: no account, no machine type
+    (patch,) = manifest["spec"]["runtimePatches"]  # no account, no machine type: only the shared memory
+    pod = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert set(pod) == {"volumes", "containers"}
 
 
 def test_the_pods_identity_comes_from_its_service_account_token(tmp_path):
@@ -329,3 +331,22 @@ def test_a_cpu_pytorchjob_runs_one_process_per_node():
     manifest = kube.pytorchjob_manifest(job, name="rlhf-rl-1a2b3c4d", namespace=NAMESPACE, gpus=False)
     assert manifest["spec"]["nprocPerNode"] == "1"  # each process holds a whole model copy
     assert _operator_pod_env(manifest, "Worker", 0)["WORLD_SIZE"] == "2"
+
+
+@pytest.mark.parametrize("operator", ["trainjob", "pytorchjob"])
+def test_every_node_gets_a_memory_backed_dev_shm_sized_per_process(operator):
+    """Kubernetes gives a pod 64 MB of /dev/shm; NCCL takes ~33 MB per communicator (Trainer's own
+    guides mount a Memory emptyDir): 8 ranks on a node would fail without it."""
+    job = _job(replicas=2, gpus=8)
+    manifest = kube.manifest(operator, job, name="rlhf-rl-1a2b3c4d", namespace=NAMESPACE, service_account=ACCOUNT)
+    _validate(manifest, "trainjob-v1alpha1.schema.json" if operator == "trainjob" else "pytorchjob-v1.schema.json")
+    if operator == "trainjob":
+        (patch,) = manifest["spec"]["runtimePatches"]
+        [pod] = [j["template"]["spec"]["template"]["spec"] for j in
+                 patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]]
+    else:
+        pod = manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    [volume] = pod["volumes"]
+    assert volume["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    [container] = pod["containers"]
+    assert {"name": volume["name"], "mountPath": "/dev/shm"} in container["volumeMounts"]

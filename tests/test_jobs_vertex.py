@@ -29,7 +29,7 @@ from rlhf.jobs import stages
 from rlhf.jobs.follow import POLL_ENV, JobFailed
 from rlhf.jobs.launcher import Launch, launch_reward
 from rlhf.jobs.machines import machine_type_for, machine_type_problem
-from rlhf.jobs.stages import Hardware
+from rlhf.jobs.stages import Hardware, StageJob
 from rlhf.jobs.vertex import API_ENDPOINT_ENV
 from rlhf.pipeline_settings import REINFORCEMENT_LEARNING, REWARD_MODEL
 from rlhf.ppo.config import PPOConfig
@@ -428,3 +428,30 @@ def test_follow_raises_on_failure_in_process():
     states = iter([Status("RUNNING"), Status("FAILED", done=True, failed=True, message="OOM on node 1")])
     with pytest.raises(JobFailed, match="job ended FAILED: OOM on node 1"):
         follow("job", lambda: next(states), lambda: None, interval_s=0, say=lambda m: None)
+
+
+@pytest.mark.parametrize("accelerator, count, machine, disk", [
+    ("NVIDIA_L4", 1, "", "pd-ssd"),
+    ("NVIDIA_H100_80GB", 8, "", "pd-ssd"),
+    ("NVIDIA_H200_141GB", 8, "", "hyperdisk-balanced"),   # a3-ultragpu-8g
+    ("NVIDIA_B200", 8, "", "hyperdisk-balanced"),         # a4-highgpu-8g
+    ("NVIDIA_H100_80GB", 8, "a3-megagpu-8g", "pd-ssd"),
+])
+def test_each_machine_family_boots_from_a_disk_it_supports(accelerator, count, machine, disk):
+    from rlhf.jobs.vertex import worker_pool_specs
+    job = StageJob("reinforcement-learning", IMAGE, ["tune"], Hardware(2, accelerator, count, machine))
+    pools = worker_pool_specs(job)
+    assert {p["disk_spec"]["boot_disk_type"] for p in pools} == {disk}, pools[0]["machine_spec"]
+
+
+def test_a3_ultra_boots_from_the_disk_vertex_documents_as_its_default():
+    """Read from the service's own definition (the DiskSpec message of the installed client), not
+    from our expectation: A3 Ultra defaults to hyperdisk-balanced, every other machine to pd-ssd."""
+    import re as regex
+    from google.cloud.aiplatform_v1.types import DiskSpec
+    from rlhf.jobs.vertex import boot_disk_type
+    doc = " ".join(DiskSpec.__doc__.split())
+    documented = regex.search(r'for A3U machines, the default value is "([a-z-]+)"', doc).group(1)
+    other = regex.search(r'For non-A3U machines, the default value is "([a-z-]+)"', doc).group(1)
+    assert boot_disk_type("a3-ultragpu-8g") == documented
+    assert boot_disk_type("a2-ultragpu-8g") == other == "pd-ssd"

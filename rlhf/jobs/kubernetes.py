@@ -75,6 +75,20 @@ def processes_per_node(job: StageJob, gpus: bool = True) -> int:
     return job.hardware.accelerator_count if gpus and job.hardware.accelerator_count > 0 else 1
 
 
+# A pod's /dev/shm is 64 MB unless a memory-backed volume replaces it; NCCL alone takes ~33 MB per
+# communicator and DataLoader workers share batches through it. It counts against the memory limit.
+SHM_VOLUME = "dshm"
+SHM_GI_PER_PROCESS = 1
+
+
+def shm_volume(job: StageJob, gpus: bool = True) -> dict[str, Any]:
+    return {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory",
+                                            "sizeLimit": f"{SHM_GI_PER_PROCESS * processes_per_node(job, gpus)}Gi"}}
+
+
+SHM_MOUNT = {"name": SHM_VOLUME, "mountPath": "/dev/shm"}
+
+
 def _pod_settings(job: StageJob, service_account: str) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if service_account:
@@ -93,8 +107,8 @@ def _metadata(name: str, namespace: str, job: StageJob, pipeline_job_name: str) 
 
 def trainjob_manifest(job: StageJob, *, name: str, namespace: str, service_account: str = "",
                       pipeline_job_name: str = "", gpus: bool = True) -> dict[str, Any]:
-    """A TrainJob on the `torch-distributed` runtime; the service account and node selector go in a
-    runtime patch (Trainer v2.2+)."""
+    """A TrainJob on the `torch-distributed` runtime (replicated job and container both named `node`);
+    the service account, node selector and shared memory go in a runtime patch (Trainer v2.2+)."""
     group, version, _, kind = TRAINJOB
     trainer: dict[str, Any] = {
         "image": job.image, "command": job.command[:3], "args": job.command[3:],
@@ -103,11 +117,12 @@ def trainjob_manifest(job: StageJob, *, name: str, namespace: str, service_accou
     spec: dict[str, Any] = {"runtimeRef": {"name": TRAINING_RUNTIME, "apiGroup": group,
                                            "kind": "ClusterTrainingRuntime"},
                             "trainer": trainer}
-    pod = _pod_settings(job, service_account)
-    if pod:
-        node_job = {"name": "node", "template": {"spec": {"template": {"spec": pod}}}}
-        spec["runtimePatches"] = [{"manager": RUNTIME_PATCH_MANAGER, "trainingRuntimeSpec": {
-            "template": {"spec": {"replicatedJobs": [node_job]}}}}]
+    # the runtime's trainer container is named "node", like its replicated job
+    pod = {**_pod_settings(job, service_account), "volumes": [shm_volume(job, gpus)],
+           "containers": [{"name": "node", "volumeMounts": [SHM_MOUNT]}]}
+    node_job = {"name": "node", "template": {"spec": {"template": {"spec": pod}}}}
+    spec["runtimePatches"] = [{"manager": RUNTIME_PATCH_MANAGER, "trainingRuntimeSpec": {
+        "template": {"spec": {"replicatedJobs": [node_job]}}}}]
     return {"apiVersion": f"{group}/{version}", "kind": kind,
             "metadata": _metadata(name, namespace, job, pipeline_job_name), "spec": spec}
 
@@ -119,10 +134,11 @@ def pytorchjob_manifest(job: StageJob, *, name: str, namespace: str, service_acc
     group, version, _, kind = PYTORCHJOB
     container = {"name": "pytorch", "image": job.image, "command": job.command[:3], "args": job.command[3:],
                  "env": [{"name": k, "value": v} for k, v in sorted(job.env.items())],
-                 "resources": resources(job, gpus),
+                 "resources": resources(job, gpus), "volumeMounts": [SHM_MOUNT],
                  "ports": [{"name": "pytorchjob-port", "containerPort": PYTORCHJOB_PORT, "protocol": "TCP"}]}
     template = {"metadata": {"labels": {"rlhf.pipeline/stage": job.stage}},
-                "spec": {**_pod_settings(job, service_account), "containers": [container]}}
+                "spec": {**_pod_settings(job, service_account), "containers": [container],
+                         "volumes": [shm_volume(job, gpus)]}}
     replicas = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}
     if job.hardware.replica_count > 1:
         replicas["Worker"] = {"replicas": job.hardware.replica_count - 1, "restartPolicy": "Never",

@@ -32,6 +32,16 @@ API_ENDPOINT_ENV = "RLHF_VERTEX_API_ENDPOINT"
 # Room for the image, a 70B model's weights (~140 GB in bf16) and the Hugging Face cache.
 BOOT_DISK_GB = 500
 BOOT_DISK_TYPE = "pd-ssd"
+# Machine families that boot from Hyperdisk only: A3 Ultra (H200; Vertex's DiskSpec documents
+# hyperdisk-balanced as its default) and A4 / A4X (B200, GB200: Compute Engine offers them no
+# Persistent Disk).
+HYPERDISK_FAMILIES = ("a3-ultragpu-", "a4-", "a4x-")
+HYPERDISK_TYPE = "hyperdisk-balanced"
+
+
+def boot_disk_type(machine_type: str) -> str:
+    """The boot disk a replica of `machine_type` can have: pd-ssd, or Hyperdisk where only that boots."""
+    return HYPERDISK_TYPE if machine_type.startswith(HYPERDISK_FAMILIES) else BOOT_DISK_TYPE
 
 _DONE = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED",
          "JOB_STATE_PARTIALLY_SUCCEEDED"}
@@ -57,7 +67,8 @@ def worker_pool_specs(job: StageJob) -> list[dict[str, Any]]:
     container = {"image_uri": job.image, "command": job.command[:3], "args": job.command[3:],
                  "env": [{"name": k, "value": v} for k, v in sorted(job.env.items())]}
     pool = {"machine_spec": machine, "container_spec": container,
-            "disk_spec": {"boot_disk_type": BOOT_DISK_TYPE, "boot_disk_size_gb": BOOT_DISK_GB}}
+            "disk_spec": {"boot_disk_type": boot_disk_type(machine["machine_type"]),
+                          "boot_disk_size_gb": BOOT_DISK_GB}}
     pools = [dict(pool, replica_count=1)]
     if hw.replica_count > 1:
         pools.append(dict(pool, replica_count=hw.replica_count - 1))
