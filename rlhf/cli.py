@@ -12,7 +12,7 @@ import logging
 import sys
 
 from rlhf import __version__
-from rlhf.errors import UserError
+from rlhf.errors import UserError, exit_code
 
 # subcommand name -> module under rlhf.commands; imported lazily so `rlhf validate` never loads torch.
 COMMANDS = {
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._module.run(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_code(e)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

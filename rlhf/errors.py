@@ -1,4 +1,7 @@
-"""Errors a user can fix. The CLI prints them without a traceback and exits 2."""
+"""Errors a user can fix, and outages a user can only wait out. The CLI prints either without a
+traceback: a mistake exits 2, an outage `OUTAGE_EXIT` (sysexits' EX_TEMPFAIL: try again later)."""
+
+OUTAGE_EXIT = 75
 
 
 class UserError(Exception):
@@ -9,9 +12,19 @@ class StorageError(UserError):
     """A path, bucket or object that cannot be read or written."""
 
 
+class StorageUnavailable(StorageError):
+    """Cloud Storage did not answer (or kept failing) through every retry: nothing is wrong with the
+    data or the request, so it is not reported as a data problem, and a retry later may succeed."""
+
+
+def exit_code(error: UserError) -> int:
+    return OUTAGE_EXIT if isinstance(error, StorageUnavailable) else 2
+
+
 class reported_as_task_failure:
-    """In a pipeline task: a UserError ends the task with its message alone and exit code 2, so the
-    task's log (the Vertex console's, the Kubeflow UI's) says what to fix, not where Python was."""
+    """In a pipeline task: a UserError ends the task with its message alone and exit code 2 (an
+    outage: `OUTAGE_EXIT`), so the task's log (the Vertex console's, the Kubeflow UI's) says what to
+    fix, not where Python was."""
 
     def __enter__(self):
         return self
@@ -20,5 +33,5 @@ class reported_as_task_failure:
         if isinstance(error, UserError):
             import sys
             print(f"error: {error}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+            raise SystemExit(exit_code(error)) from None
         return False

@@ -51,7 +51,7 @@ import tempfile
 import threading
 import zlib
 
-from rlhf.errors import StorageError
+from rlhf.errors import StorageError, StorageUnavailable
 
 # --------------------------------------------------------------------------------------------
 # Settings: defaults, overridable by RLHF_STORAGE_<NAME> environment variables (they reach kfp
@@ -263,10 +263,10 @@ def _gcs_error(exc, loc: _Loc, action: str):
     anonymous = _client()[1]
     if isinstance(exc, gexc.RetryError):
         cause = exc.cause or exc
-        return StorageError(
-            f"{where}: gave up {action} after retrying for {_setting('retry_deadline'):g} s; last "
-            f"error: {_describe(cause)}. Cloud Storage is unavailable or throttling this job: try "
-            "again later, or allow more time with RLHF_STORAGE_RETRY_DEADLINE=SECONDS.")
+        return StorageUnavailable(
+            f"Cloud Storage unavailable after {_setting('retry_deadline'):g} s of retries {action} "
+            f"{where}: {_describe(cause)}. Nothing is wrong with the data: try again later, or allow "
+            "more time with RLHF_STORAGE_RETRY_DEADLINE=SECONDS.")
     if isinstance(exc, (gexc.Unauthorized, gexc.Forbidden)):
         who = ("no Google credentials were found, so only public data can be read; "
                if anonymous else "")
@@ -280,8 +280,10 @@ def _gcs_error(exc, loc: _Loc, action: str):
     if isinstance(exc, gexc.BadRequest):
         return StorageError(f"{where}: Cloud Storage rejected the request {action} "
                             f"({_describe(exc)}); check the bucket and object names")
-    if isinstance(exc, gexc.GoogleAPICallError) or _is_transient(exc):
+    if _is_transient(exc):
         # A transient error that escaped retrying (e.g. a deadline hit mid-request).
+        return StorageUnavailable(f"Cloud Storage unavailable {action} {where}: {_describe(exc)}; try again later")
+    if isinstance(exc, gexc.GoogleAPICallError):
         return StorageError(f"{where}: failed {action}: {_describe(exc)}; try again later")
     if type(exc).__name__ == "DataCorruption":  # its module differs between 2.x and 3.x
         return StorageError(f"{where}: checksum mismatch {action} (data corrupted in transit); "

@@ -18,7 +18,7 @@ import pytest
 
 from gcs_faults import DOWNLOAD, LIST, METADATA, UPLOAD, FaultProxy
 from rlhf import storage
-from rlhf.errors import StorageError, UserError
+from rlhf.errors import StorageError, StorageUnavailable, UserError
 
 TREE = ["a/1.jsonl", "a/2.jsonl", "a/x.txt", "a/sub/3.jsonl", "a/sub/deep/4.jsonl", "b/5.jsonl"]
 
@@ -439,11 +439,11 @@ def test_persistent_faults_give_a_clear_error(gcs_emulator, gcs_prefix, proxy, f
     fault = proxy.fail(503, times=None, method=method, path=path,
                        message="We encountered an internal error. Please try again.")
     start = time.monotonic()
-    with pytest.raises(StorageError) as err:
+    with pytest.raises(StorageUnavailable) as err:  # an outage, not a mistake in the request
         call(gcs_prefix)
     elapsed = time.monotonic() - start
     assert f"{gcs_prefix}/" in str(err.value)
-    assert "gave up" in str(err.value) and "retrying for 1 s" in str(err.value)
+    assert str(err.value).startswith("Cloud Storage unavailable after 1 s of retries")
     assert "HTTP 503 We encountered an internal error" in str(err.value)
     assert fault.injected > 3  # it did back off and retry, within the deadline
     assert elapsed < 5
@@ -458,7 +458,7 @@ def test_persistent_faults_mid_stream(gcs_emulator, gcs_prefix, proxy, fast_retr
     with storage.open_read(f"{gcs_prefix}/big.jsonl") as f:
         next(f)
         proxy.fail(503, times=None, method="GET", path=DOWNLOAD)
-        with pytest.raises(StorageError, match=r"big\.jsonl: gave up reading"):
+        with pytest.raises(StorageUnavailable, match=r"of retries reading .*big\.jsonl"):
             list(f)
 
 

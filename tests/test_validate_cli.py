@@ -226,3 +226,23 @@ def test_bundled_sample_data_is_valid(tmp_path):
     assert stats["datasets"]["preference"]["format"] == "google_text"
     assert stats["datasets"]["preference"]["pairs"] > 0
     assert "eval_prompts_in_training" in stats and stats["eval_prompts_in_training"] == 0
+
+
+def test_a_storage_outage_is_not_a_data_mistake(tmp_path):
+    """Cloud Storage not answering at all (a closed port stands for the outage): after the retries,
+    its own message and exit code (75, try again later), never "the datasets are not valid"; bad
+    data on a storage that answers still exits 2 (the tests above)."""
+    import os
+    import socket
+
+    from rlhf.errors import OUTAGE_EXIT
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}", RLHF_STORAGE_RETRY_DEADLINE="2")
+    done = subprocess.run([sys.executable, "-m", "rlhf", "validate", "--preference-dataset",
+                           "gs://rlhf-test-bucket/data/prefs.jsonl"], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == OUTAGE_EXIT == 75, done.stderr[-2000:]
+    assert "error: Cloud Storage unavailable after 2 s of retries" in done.stderr
+    assert "not valid" not in done.stderr and "Traceback" not in done.stderr

@@ -29,7 +29,7 @@ from rlhf import settings, storage
 from rlhf.data import summary
 from rlhf.data.formats import KINDS, ParsedRow, describe_format, parse_row
 from rlhf.data.stats import DatasetStats, flat_metrics
-from rlhf.errors import StorageError
+from rlhf.errors import StorageError, StorageUnavailable
 from rlhf.settings import Settings, positive, setting
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,8 @@ class _DatasetCheck:
     def check(self) -> None:
         try:
             files = storage.expand(self.pattern)
+        except StorageUnavailable:
+            raise  # an outage is not a data problem: the run stops, saying so
         except StorageError as e:
             self.problem(self.pattern, None, _without_prefix(str(e), self.pattern))
             return
@@ -244,6 +246,8 @@ class _DatasetCheck:
                         continue
                     previous_format = self.check_format(uri, lineno, parsed, previous_format)
                     self.accept(uri, lineno, file_index, parsed)
+        except StorageUnavailable:
+            raise
         except StorageError as e:
             # lineno is the last line read whole; the failure was on the next one
             self.problem(uri, lineno + 1 if lineno else None, _without_prefix(str(e), uri))
