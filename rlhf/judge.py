@@ -17,29 +17,30 @@ overall quality)
                    content words (see `key_facts`).
 3. ``faithful``    invents nothing: every number, name and content word comes from the post
                    (up to light stemming and a short list of generic summary words).
-4. ``ask``         states what the poster asks or wants when the post asks something ("asks
-                   whether ...", "wants advice on ..."): for a reader that is the post's point.
-5. ``repetition``  says each thing once: no repeated word trigrams, sentences or hammered words.
-6. ``direct``      starts with the content: no preamble, sign-off or meta talk ("Sure! Here is a
+4. ``repetition``  says each thing once: no repeated word trigrams, sentences or hammered words.
+5. ``direct``      starts with the content: no preamble, sign-off or meta talk ("Sure! Here is a
                    summary:", "I hope this helps"). Describing the post ("The post asks ...") is
                    allowed but costs a little, as it spends words on nothing.
-7. ``voice``       reports the post instead of answering it: no "you"/"your" addressed to the
+6. ``voice``       reports the post instead of answering it: no "you"/"your" addressed to the
                    poster, no "I recommend".
-8. ``concise``     condenses instead of copying: does not reproduce most of the post verbatim,
+7. ``concise``     condenses instead of copying: does not reproduce most of the post verbatim,
                    nor run as long as the post.
-9. ``plain``       plain prose: no markdown lists, headings, bold, hashtags or emoji.
-10. ``sentences``  written in sentences, not as a string of keywords (too few function words).
-11. ``complete``   ends with a finished sentence (final punctuation), not cut off mid-way.
-12. ``third_person`` reports the poster in the third person ("The poster bought ..."), not the
+8. ``plain``       plain prose: no markdown lists, headings, bold, hashtags or emoji.
+9. ``sentences``  written in sentences, not as a string of keywords (too few function words).
+10. ``complete``   ends with a finished sentence (final punctuation), not cut off mid-way.
+11. ``third_person`` reports the poster in the third person ("The poster bought ..."), not the
                    post retold as its author ("I bought ..."): a first-person opening or first-person
                    pronouns.
-13. ``verbatim``   paraphrases: no long spans copied word for word from the post (its longest
+12. ``verbatim``   paraphrases: no long spans copied word for word from the post (its longest
                    shared run of words and its share of 5-grams found in the post).
+13. ``ask``        states what the poster asks or wants when the post asks something ("asks
+                   whether ...", "wants advice on ..."): for a reader that is the post's point.
 
-Each rule scores in [0, 1]. Rules 2-4 say whether the summary says the right things (content),
-rules 1 and 5-9 whether it says them the right way (form); rules 10-13 are gates, which a reader
+Each rule scores in [0, 1]. Rules 2-3 say whether the summary says the right things (content),
+rules 1 and 4-8 whether it says them the right way (form); rules 9-13 are gates, which a reader
 does not trade against the rest: a keyword list, a summary cut mid-sentence, the post retold in the
-first person or copied out is not a summary however many facts it holds. The judge's score is
+first person or copied out is not a summary however many facts it holds, and one that misses what
+the poster asks has missed the point. The judge's score is
 content x form x each gate, content and form each the weighted mean of their rules (weights in
 `CONSTITUTION`); a gate multiplies the score by 1 - weight x (1 - rule), so its weight is the share
 of the score it can take away. A summary with fewer than `MIN_WORDS` words scores 0.
@@ -84,7 +85,6 @@ CONSTITUTION: tuple[Principle, ...] = (
               "Mention the post's key facts: its numbers, names and main subject."),
     Principle("faithful", 1.0, "content",
               "Invent nothing: no name, number or content that is not in the post."),
-    Principle("ask", 0.5, "content", "State what the poster asks or wants, when the post asks something."),
     Principle("repetition", 1.5, "form", "Say each thing once: no repeated phrases or sentences."),
     Principle("direct", 1.5, "form",
               "Start with the content: no preamble, sign-off or talk about the task."),
@@ -97,6 +97,9 @@ CONSTITUTION: tuple[Principle, ...] = (
     Principle("third_person", 0.6, "gate",
               "Report the poster in the third person; do not retell the post as its author (I, my, we)."),
     Principle("verbatim", 0.6, "gate", "Paraphrase: do not copy long spans of the post word for word."),
+    # A gate, not a content rule: stating the ask is worth nothing without the facts (word salad with
+    # "which" in it must still score 0), and leaving it out costs a fifth of the score.
+    Principle("ask", 0.2, "gate", "State what the poster asks or wants, when the post asks something."),
 )
 WEIGHTS = {p.name: p.weight for p in CONSTITUTION}
 GROUPS = {g: tuple(p.name for p in CONSTITUTION if p.group == g) for g in ("content", "form", "gate")}
