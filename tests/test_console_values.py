@@ -30,7 +30,10 @@ def _values(template: str, **overrides) -> dict:
     values.update({n: "" for n, p in parameters.items() if p.optional and not p.has_default})
     values.update(prompt_dataset=samples.prompt_dataset(), preference_dataset=samples.preference_dataset(),
                   eval_dataset=samples.eval_dataset(), large_model_reference="smollm2-135m-instruct",
-                  instruction=samples.INSTRUCTION)
+                  instruction=samples.INSTRUCTION,
+                  # tiny, so that a value the check let through fails this test in minutes, not hours
+                  reward_model_train_steps=1, reinforcement_learning_train_steps=1, reward_model_batch_size=2,
+                  reinforcement_learning_batch_size=2, target_sequence_length=8, evaluation_max_examples=2)
     values.update(overrides)
     return values
 
@@ -41,7 +44,8 @@ def _values(template: str, **overrides) -> dict:
     ({"kl_coeff": -1.0}, "kl_coeff -1.0: must be"),
     ({"reinforcement_learning_options": {"kl_coeff": 0.3}},
      "use the kl_coeff parameter instead of reinforcement_learning_options.kl_coeff"),
-    ({"dpo_options": {"no_such_setting": 1}}, "no_such_setting"),
+    ({"reinforcement_learning_options": {"no_such_setting": 1}}, "no_such_setting"),
+    ({"tuning_method": "dpo", "dpo_options": {"beta": 0.2}}, "use the kl_coeff parameter instead of dpo_options.beta"),
     ({"reinforcement_learning_rate_multiplier": 0.0}, "reinforcement_learning_rate_multiplier 0.0: must be positive"),
 ])
 def test_a_bad_value_fails_the_first_task_and_nothing_else_runs(template, tmp_path, monkeypatch, capfd, bad, message):
