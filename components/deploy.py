@@ -10,9 +10,6 @@ from kfp.dsl import Input, Model, Output
 
 from components.image import IMAGE
 
-DeployOutputs = NamedTuple("DeployOutputs", model_resource_name=str, endpoint_resource_name=str)
-
-
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def upload_and_deploy(
     tuned_model: Input[Model],

@@ -29,9 +29,9 @@ from components.reward import train_reward_model
 from components.sft import base_model_as_given, supervised_fine_tuning
 from components.tune import tune_policy
 from components.validate import validate_inputs_for
-from pipelines.targets import (GPU_PROFILE, component_inputs, declared, job_platform, request_accelerator,
-                               request_small_machine, stage_hardware, stage_settings, sub_pipeline, training_stage,
-                               with_hub_token_secret)
+from pipelines.targets import (GPU_PROFILE, NODES_PROFILE, component_inputs, declared, job_platform,
+                               request_accelerator, request_small_machine, stage_hardware, stage_settings,
+                               sub_pipeline, training_stage, with_hub_token_secret)
 from rlhf.pipeline_settings import (EVALUATION, LABELING, REINFORCEMENT_LEARNING, REWARD_MODEL,
                                     SUPERVISED_FINE_TUNING, SUPERVISED_TUNING)
 
@@ -114,7 +114,7 @@ def train_reward(target: str, training_operator: str | None, params: Mapping[str
     add, _, _ = sub_pipelines(target, training_operator)
     hardware = stage_hardware("reward_model", params)
     return add("Train Reward Model", checked.outputs["reward_model_as_job"],
-               {k: hardware[k] for k in GPU_PROFILE}, {k: hardware[k] for k in ("replica_count", "machine_type")},
+               {k: hardware[k] for k in GPU_PROFILE}, {k: hardware[k] for k in NODES_PROFILE},
                params["encryption_spec_key_name"],
                preference_data=preference_data, eval_data=checked.outputs["eval_data"],
                labeled_data=checked.outputs["labeled_data"], options=params["reward_model_options"],
@@ -128,7 +128,7 @@ def tune(target: str, training_operator: str | None, params: Mapping[str, Any], 
     _, add, _ = sub_pipelines(target, training_operator)
     hardware = stage_hardware("reinforcement_learning", params)
     return add("Tune Policy", checked.outputs["tuning_as_job"],
-               {k: hardware[k] for k in GPU_PROFILE}, {k: hardware[k] for k in ("replica_count", "machine_type")},
+               {k: hardware[k] for k in GPU_PROFILE}, {k: hardware[k] for k in NODES_PROFILE},
                params["encryption_spec_key_name"],
                prompt_data=checked.outputs["prompt_data"], preference_data=preference_data,
                reward_model=reward_model, tuning_method=params["tuning_method"],
